@@ -1,0 +1,199 @@
+"""Base settings. Every value an operator may change comes from the environment.
+
+See docs/operations.md for the reference of each variable.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+import routing.celery_config as routing_celery
+from routing.management import DEFAULT_BROKER_URL
+from routing.topology import DEFAULT_CONSUMER_TIMEOUT_MS
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]  # platform/
+REPO_DIR = PROJECT_DIR.parent
+VAR_DIR = Path(os.environ.get("SWITCHYARD_VAR_DIR", REPO_DIR / "var"))
+
+# Django's development default is refused in production settings (see production.py).
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "switchyard-development-only-not-secret")
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "tenants",
+    "jobs",
+    "demo",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "switchyard.urls"
+WSGI_APPLICATION = "switchyard.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite when DATABASE_URL is unset (a laptop's `make run`); PostgreSQL in CI and production.
+# https://github.com/jazzband/dj-database-url
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'switchyard.sqlite3'}",
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("SWITCHYARD_LOG_LEVEL", "INFO")},
+}
+
+# Celery ---------------------------------------------------------------------------------
+# Read by switchyard/celery.py through config_from_object(namespace="CELERY").
+# Reference: https://docs.celeryq.dev/en/stable/userguide/configuration.html
+
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or DEFAULT_BROKER_URL
+# Switchyard's job table (jobs.Job) is the system of record for status and results;
+# no Celery result backend. The AMQP `rpc://` backend would also declare
+# transient non-exclusive reply queues, which RabbitMQ 4.3 refuses.
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+
+# The topology, derived from `routing` and nowhere else.
+CELERY_TASK_QUEUES = routing_celery.task_queues()
+CELERY_TASK_DEFAULT_EXCHANGE = routing_celery.topology.EXCHANGE_NAME
+CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
+# Unused for routed tasks (the router always answers), but must name a declared queue.
+CELERY_TASK_DEFAULT_QUEUE = routing_celery.topology.QUICK.queue
+# A mistyped queue name must fail loudly, never create a queue nobody consumes.
+CELERY_TASK_CREATE_MISSING_QUEUES = False
+# Workers do not declare queues with their own idea of the arguments; they
+# declare exactly `routing`'s (same objects), so no PRECONDITION_FAILED.
+
+# JSON only: a pickle body from a rogue client must never be deserialised.
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_ACCEPT_CONTENT = ["json"]
+CELERY_EVENT_SERIALIZER = "json"
+
+# Ack after the task ran, not when it was received: a worker that dies
+# mid-task leaves the message to be redelivered (at-least-once).
+CELERY_TASK_ACKS_LATE = True
+# ... and that includes a pool child killed by the OOM killer or a segfault:
+# without this, acks_late still acks the message of a child that was lost.
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A late-acked message whose connection dropped will be redelivered to someone
+# else; cancelling the running copy keeps it from completing twice.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# One unacked message per pool process: a worker never sits on messages that a
+# free worker (or a later premium message) should have had. Priorities only
+# work when the backlog stays in the broker, not in worker buffers.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+
+# Publisher confirms: a publish returns only once the broker has the message.
+# `confirm_timeout` and the bounded retry policy keep a blocked broker from
+# hanging a request forever (celery #4296, kombu #1024).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+CELERY_BROKER_CONNECTION_TIMEOUT = env_int("CELERY_BROKER_CONNECTION_TIMEOUT", 4)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_HEARTBEAT = 30
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+
+# Events: Flower and Switchyard's metrics need both. task-sent is the only
+# event that carries the routing key and queue (task-received does not).
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+# Event and control (pidbox) queues are exclusive and transient: RabbitMQ 4.3
+# refuses transient non-exclusive queues (deprecated feature transient_nonexcl_queues).
+CELERY_EVENT_QUEUE_EXCLUSIVE = True
+CELERY_EVENT_QUEUE_DURABLE = False
+CELERY_EVENT_QUEUE_TTL = 5.0
+CELERY_EVENT_QUEUE_EXPIRES = 60.0
+CELERY_CONTROL_QUEUE_EXCLUSIVE = True
+CELERY_CONTROL_QUEUE_DURABLE = False
+# Per-consumer QoS (never global): switchyard/celery.py installs a consumer that
+# always sends basic.qos with global=false. RabbitMQ 4.3 refuses global QoS.
+
+# The broker's consumer_timeout (ms). Each lane's hard time limit must stay
+# below it; workers check this at start-up (switchyard/celery.py).
+SWITCHYARD_BROKER_CONSUMER_TIMEOUT_MS = env_int(
+    "SWITCHYARD_BROKER_CONSUMER_TIMEOUT_MS", DEFAULT_CONSUMER_TIMEOUT_MS
+)
+
+# Periodic work run by beat.
+CELERY_BEAT_SCHEDULE = {
+    "jobs-prune-finished": {
+        "task": "jobs.prune_finished",
+        "schedule": 3600.0,
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+# How long finished job records are kept (days) before jobs.prune_finished removes them.
+SWITCHYARD_JOB_RETENTION_DAYS = env_int("SWITCHYARD_JOB_RETENTION_DAYS", 30)

@@ -1,0 +1,30 @@
+"""Test settings: each test run gets its own RabbitMQ vhost and its own database.
+
+The run id is set once per run (and inherited by worker processes the tests
+start), so two runs on one machine never see each other's messages or rows.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+
+from routing.management import with_vhost
+
+from .base import *  # noqa: F403
+from .base import CELERY_BROKER_URL, DATABASES
+
+TEST_RUN_ID = os.environ.setdefault(
+    "SWITCHYARD_TEST_RUN_ID", f"{os.getpid()}-{secrets.token_hex(3)}"
+)
+TEST_VHOST = f"switchyard-test-{TEST_RUN_ID}"
+CELERY_BROKER_URL = with_vhost(CELERY_BROKER_URL, TEST_VHOST)
+
+_db_test_name = f"test_switchyard_{TEST_RUN_ID.replace('-', '_')}"
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # A file, not memory: worker processes started by the tests must see it.
+    from .base import VAR_DIR
+
+    _db_test_name = str(VAR_DIR / f"{_db_test_name}.sqlite3")
+DATABASES["default"]["TEST"] = {"NAME": _db_test_name}
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,52 @@
+"""Shared fixtures: the run's own RabbitMQ vhost, and the broker-availability policy.
+
+Tests marked ``rabbitmq`` get the ``broker_url`` of a vhost created for this
+run and deleted after it. When RabbitMQ (or its management API) cannot be
+reached they are skipped on a laptop and FAIL under ``CI=true``: CI must never
+pass by skipping the tests that matter.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+from django.conf import settings
+
+from routing.management import Management, ManagementError
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("rabbitmq") or item.get_closest_marker("workers"):
+            item.fixturenames.insert(0, "broker_vhost")
+
+
+def _unreachable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"RabbitMQ is required under CI=true and is not usable: {reason}")
+    pytest.skip(f"RabbitMQ not usable here ({reason}); start it with `rabbitmq-server -detached`")
+
+
+@pytest.fixture(scope="session")
+def management() -> Management:
+    return Management.for_broker(settings.CELERY_BROKER_URL)
+
+
+@pytest.fixture(scope="session")
+def broker_vhost(management: Management):
+    """Create this run's vhost (and delete it, with every message in it, at the end)."""
+    vhost = settings.TEST_VHOST
+    try:
+        management.create_vhost(vhost)
+    except ManagementError as exc:
+        _unreachable(str(exc))
+    yield vhost
+    management.delete_vhost(vhost)
+
+
+@pytest.fixture(scope="session")
+def broker_url(broker_vhost: str) -> str:
+    """AMQP URL of this run's vhost."""
+    return settings.CELERY_BROKER_URL
