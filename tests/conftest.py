@@ -50,3 +50,54 @@ def broker_vhost(management: Management):
 def broker_url(broker_vhost: str) -> str:
     """AMQP URL of this run's vhost."""
     return settings.CELERY_BROKER_URL
+
+
+@pytest.fixture(scope="session")
+def topology_applied(broker_url: str) -> str:
+    """Declare the whole topology (exchanges, lanes, dead-letter queues) in the run's vhost."""
+    from kombu import Connection
+
+    from routing import topology
+
+    with Connection(broker_url, connect_timeout=5) as conn:
+        channel = conn.default_channel
+        for exchange in topology.EXCHANGES:
+            exchange(channel).declare()
+        for spec in topology.queue_specs():
+            spec.to_kombu()(channel).declare()
+    return broker_url
+
+
+@pytest.fixture
+def lanes_empty(topology_applied: str, management: Management):
+    """Purge every queue of the topology before and after a test."""
+    from kombu import Connection
+
+    from routing import topology
+
+    def purge() -> None:
+        with Connection(topology_applied, connect_timeout=5) as conn:
+            for spec in topology.queue_specs():
+                spec.to_kombu()(conn.default_channel).purge()
+
+    purge()
+    yield topology_applied
+    purge()
+
+
+@pytest.fixture
+def start_role(transactional_db, lanes_empty, tmp_path):
+    """Start role scripts (``start_role("worker", "slow")``); all are stopped after the test."""
+    from tests.processes import Role, role_env
+
+    started: list = []
+
+    def start(script: str, *args: str, name: str | None = None, **env: str):
+        role = Role(name or "-".join((script, *args)), [script, *args],
+                    role_env(lanes_empty, **env), tmp_path)
+        started.append(role)
+        return role
+
+    yield start
+    for role in reversed(started):
+        role.stop()

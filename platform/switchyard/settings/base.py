@@ -29,6 +29,7 @@ def env_int(name: str, default: int) -> int:
 PROJECT_DIR = Path(__file__).resolve().parents[2]  # platform/
 REPO_DIR = PROJECT_DIR.parent
 VAR_DIR = Path(os.environ.get("SWITCHYARD_VAR_DIR", REPO_DIR / "var"))
+VAR_DIR.mkdir(parents=True, exist_ok=True)  # SQLite file, beat schedule, collected static
 
 # Django's development default is refused in production settings (see production.py).
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "switchyard-development-only-not-secret")
@@ -50,6 +51,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves collected static files (the admin's) from gunicorn, in make run and in the image.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

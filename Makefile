@@ -1,0 +1,57 @@
+# Switchyard. `make run` runs the platform; `make test` passes the tests.
+# Both set everything up first (virtualenv, requirements) on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+export PYTHONPATH := $(CURDIR)/platform:$(CURDIR)
+
+.PHONY: help setup run test lint broker-check topology verify migrate demo flood clean
+
+help:
+	@echo "make run     set up, then run web (:8000), worker-slow, worker-quick, beat, Flower (:5555)"
+	@echo "make test    set up, then lint and run the test suite"
+	@echo "make verify  compare the live broker with the declared topology"
+	@echo "make demo    the head-of-line demo: 20,000 slow jobs, then time quick probes"
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+# RabbitMQ must answer; nothing is started behind the user's back.
+broker-check: setup
+	@$(PY) -m routing ping
+
+topology: broker-check
+	$(PY) -m routing apply
+
+verify: setup
+	$(PY) -m routing verify
+
+migrate: setup
+	$(PY) deploy/bin/ensure-database
+	$(PY) platform/manage.py migrate --noinput
+	$(PY) platform/manage.py collectstatic --noinput --verbosity 0
+
+.env:
+	PYTHON=$(PY) deploy/bin/dev-env .env
+
+run: setup .env topology migrate
+	@echo "Switchyard: web http://127.0.0.1:8000  Flower http://127.0.0.1:5555 (login in .env)"
+	exec $(BIN)/honcho start --procfile Procfile --env .env
+
+lint: setup
+	$(BIN)/ruff check routing platform tests
+
+test: setup lint
+	$(PY) -m pytest
+
+demo: setup
+	$(PY) platform/manage.py flood --task demo.slow_task --count 20000 --tier standard --probe 20
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,0 +1,89 @@
+"""The Celery application. Configuration lives in Django settings (``CELERY_*``),
+fed by ``routing``; this module wires the parts settings cannot express:
+
+* the router (task → lane → exchange, routing key and queue);
+* the publish guard (tenant/tier headers present, priority clamped to the tier's band);
+* the worker consumer (per-consumer QoS, undecodable messages dead-lettered);
+* start-up checks (every task declares a lane; lane time limits below the
+  broker's ``consumer_timeout``).
+"""
+from __future__ import annotations
+
+import os
+
+from celery import Celery, Task, signals
+
+import routing.celery_config as routing_celery
+from routing import topology
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "switchyard.settings.base")
+
+
+class SwitchyardTask(Task):
+    """Base class of every Switchyard task.
+
+    A task declares its lane once: ``@app.task(name="media.thumbnail", lane="slow")``.
+    The lane gives its queue, routing key and default time limits.
+    """
+
+    lane: str | None = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.lane is None:
+            return
+        ln = topology.lane(cls.lane)  # an unknown lane fails at import, loudly
+        if cls.time_limit is None:
+            cls.time_limit = ln.time_limit
+        if cls.soft_time_limit is None:
+            cls.soft_time_limit = ln.soft_time_limit
+
+
+app = Celery("switchyard", task_cls=SwitchyardTask)
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.worker_consumer = "switchyard.worker:Consumer"
+
+
+def _lane_of(name: str) -> str | None:
+    task = app.tasks.get(name)
+    return getattr(task, "lane", None)
+
+
+app.conf.task_routes = (routing_celery.make_router(_lane_of),)
+app.autodiscover_tasks()
+
+
+@signals.before_task_publish.connect
+def _enforce_contract(sender=None, headers=None, properties=None, routing_key=None,
+                      exchange=None, **_):
+    if exchange == topology.EXCHANGE_NAME and headers is not None and properties is not None:
+        routing_celery.enforce_on_publish(headers, properties, routing_key)
+
+
+def startup_problems() -> list[str]:
+    """What keeps a worker from starting safely; empty when all is well."""
+    from django.conf import settings
+
+    problems = []
+    timeout_ms = settings.SWITCHYARD_BROKER_CONSUMER_TIMEOUT_MS
+    for ln in topology.LANES:
+        try:
+            topology.check_time_limit(ln, timeout_ms)
+        except ValueError as exc:
+            problems.append(str(exc))
+    for name, task in sorted(app.tasks.items()):
+        if name.startswith("celery."):
+            continue
+        if getattr(task, "lane", None) not in topology.LANES_BY_NAME:
+            problems.append(f"task {name!r} declares no known lane (lanes: "
+                            f"{', '.join(topology.LANES_BY_NAME)})")
+    return problems
+
+
+@signals.worker_init.connect
+def _check_on_worker_start(**_):
+    problems = startup_problems()
+    if problems:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured("Switchyard worker cannot start:\n- " + "\n- ".join(problems))

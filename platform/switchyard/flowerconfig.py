@@ -1,0 +1,25 @@
+"""Flower's configuration (``celery flower --conf=switchyard/flowerconfig.py``).
+
+Every value from the environment; authentication is required, and the number
+of tasks Flower keeps in memory is bounded (its default of 100,000 grows
+without end on a busy platform, flower #1305).
+"""
+from __future__ import annotations
+
+import os
+
+from routing.management import broker_url, management_url_for
+
+address = os.environ.get("FLOWER_ADDRESS", "127.0.0.1")
+port = int(os.environ.get("FLOWER_PORT", "5555"))
+
+_auth = os.environ.get("FLOWER_BASIC_AUTH", "")
+if ":" not in _auth or _auth.endswith(":"):
+    raise SystemExit("FLOWER_BASIC_AUTH must be set to user:password (Flower never runs open)")
+basic_auth = [_auth]
+
+# Queue lengths on Flower's Broker page come from RabbitMQ's management API.
+broker_api = os.environ.get("FLOWER_BROKER_API") or management_url_for(broker_url()) + "/api/"
+max_tasks = int(os.environ.get("FLOWER_MAX_TASKS", "10000"))
+persistent = False
+purge_offline_workers = 300

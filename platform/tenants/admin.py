@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from tenants.models import ApiToken, Tenant
+
+
+class ApiTokenInline(admin.TabularInline):
+    model = ApiToken
+    fields = ("prefix", "created_at", "revoked_at")
+    readonly_fields = ("prefix", "created_at")
+    extra = 0
+    can_delete = False
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ("name", "tier", "weight", "is_active", "created_at")
+    list_filter = ("tier", "is_active")
+    search_fields = ("name",)
+    inlines = [ApiTokenInline]

@@ -1,0 +1,52 @@
+"""Tenants (the platform's customers) and their API tokens."""
+from __future__ import annotations
+
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+
+from routing.priorities import TIERS
+
+
+class Tenant(models.Model):
+    """A customer of the platform. Its tier decides its priority band, never its requests."""
+
+    class Tier(models.TextChoices):
+        PREMIUM = "premium", "Premium"
+        STANDARD = "standard", "Standard"
+
+    name = models.CharField(
+        max_length=63,
+        unique=True,
+        validators=[RegexValidator(r"^[a-z0-9][a-z0-9_-]*$", "lower-case letters, digits, - and _")],
+        help_text="Stable name, carried in the tenant header of every task message.",
+    )
+    tier = models.CharField(max_length=16, choices=Tier.choices, default=Tier.STANDARD)
+    is_active = models.BooleanField(default=True)
+    weight = models.PositiveIntegerField(
+        default=1, validators=[MinValueValidator(1)],
+        help_text="Relative share of its tier's throughput (fair sharing).",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.tier})"
+
+
+# The model's choices and routing's tiers must never drift apart.
+assert {c.value for c in Tenant.Tier} == {t.name for t in TIERS}, "Tenant.Tier != routing.TIERS"
+
+
+class ApiToken(models.Model):
+    """An API token. Only its SHA-256 is stored; the key is shown once, at creation."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="tokens")
+    key_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=12, help_text="First characters, to tell tokens apart.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.tenant.name})"

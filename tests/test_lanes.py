@@ -1,0 +1,177 @@
+"""The lanes and tiers on the real broker, with real worker processes.
+
+What a platform user notices: a quick task is not delayed by a slow backlog;
+premium work is served before standard work in the same lane; a message the
+platform cannot trust is never executed and never silently dropped.
+"""
+from __future__ import annotations
+
+import pickle
+import uuid
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from kombu import Connection, Exchange, Producer, Queue
+
+from jobs.models import Job
+from jobs.services import job_submit, job_submit_many
+from routing import topology
+from switchyard.worker import REASON_HEADER
+from tenants.models import Tenant
+from tests.processes import wait_until
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers]
+
+
+def consumers_on(management, queue: str) -> int:
+    info = management.queue(settings.TEST_VHOST, queue) or {}
+    return info.get("consumers", 0)
+
+
+def start_lane(start_role, management, lane: str, concurrency: int):
+    worker = start_role("worker", lane, **{f"SWITCHYARD_{lane.upper()}_CONCURRENCY": str(concurrency)})
+    wait_until(lambda: consumers_on(management, lane) >= 1, 60, f"a consumer on {lane}",
+               roles=[worker])
+    return worker
+
+
+def job_status(job_id) -> str:
+    return Job.objects.values_list("status", flat=True).get(id=job_id)
+
+
+def test_quick_task_completes_while_slow_backlog_sits(start_role, management):
+    # Given a standard tenant with 2,000 slow jobs queued behind one busy slow worker
+    tenant = Tenant.objects.create(name="flooder", tier="standard")
+    queued = job_submit_many(tenant=tenant, task="demo.slow_task",
+                             params_list=({"seconds": 0.5} for _ in range(2000)))
+    assert queued == 2000
+    slow = start_lane(start_role, management, "slow", concurrency=1)
+    quick = start_lane(start_role, management, "quick", concurrency=2)
+
+    # When the same tenant submits quick jobs one after another
+    latencies = []
+    for i in range(5):
+        job = job_submit(tenant=tenant, task="demo.quick_task", params={"x": i})
+        wait_until(lambda j=job: job_status(j.id) == Job.Status.SUCCEEDED, 15,
+                   f"quick job {i}", roles=[slow, quick])
+        done = Job.objects.get(id=job.id)
+        assert done.result == i
+        latencies.append((done.finished_at - done.submitted_at).total_seconds())
+
+    # Then each finished long before the backlog could have drained (2,000 x 0.5 s)
+    # and the backlog is still there.
+    assert max(latencies) < 5.0, latencies
+    still_queued = Job.objects.filter(lane="slow", status=Job.Status.QUEUED).count()
+    assert still_queued > 1900
+
+
+def test_backlog_of_mixed_tiers_is_served_premium_first(start_role, management):
+    # Given a slow backlog of 40 standard and 40 premium jobs, interleaved, no worker yet
+    standard = Tenant.objects.create(name="std-co", tier="standard")
+    premium = Tenant.objects.create(name="prem-co", tier="premium")
+    ids = {"standard": [], "premium": []}
+    for i in range(40):
+        for tenant in (standard, premium):
+            job = job_submit(tenant=tenant, task="demo.slow_task", params={"seconds": 0})
+            ids[tenant.tier].append(job.id)
+    assert management.queue(settings.TEST_VHOST, "slow")["messages"] == 80 or wait_until(
+        lambda: management.queue(settings.TEST_VHOST, "slow")["messages"] == 80, 10,
+        "80 messages in slow")
+
+    # When one slow worker with one process drains it
+    worker = start_lane(start_role, management, "slow", concurrency=1)
+    wait_until(lambda: Job.objects.filter(status=Job.Status.SUCCEEDED).count() == 80, 60,
+               "all 80 jobs to succeed", roles=[worker])
+
+    # Then every premium job started before any standard job
+    order = list(Job.objects.order_by("started_at").values_list("tier", flat=True))
+    assert order == ["premium"] * 40 + ["standard"] * 40, order
+    assert set(Job.objects.filter(tier="premium").values_list("priority", flat=True)) <= set(
+        range(5, 10))
+    assert set(Job.objects.filter(tier="standard").values_list("priority", flat=True)) <= set(
+        range(0, 5))
+
+
+class _Tripwire:
+    """Unpickling this creates a file: proof that a worker deserialised pickle."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def _get_one(conn: Connection, queue: str, timeout: float = 20):
+    """Fetch (and ack) one message from ``queue``, waiting up to ``timeout`` seconds."""
+    channel = conn.channel()
+    try:
+        bound = Queue(queue, no_declare=True)(channel)
+        return wait_until(lambda: bound.get(no_ack=True), timeout, f"a message in {queue}")
+    finally:
+        channel.close()
+
+
+def test_pickle_message_is_dead_lettered_and_never_executed(start_role, management, tmp_path,
+                                                            broker_url):
+    # Given a quick worker, and a rogue client publishing a pickle body for a real task
+    worker = start_lane(start_role, management, "quick", concurrency=1)
+    tripwire = tmp_path / "unpickled"
+    task_id = str(uuid.uuid4())
+    body = pickle.dumps(((_Tripwire(str(tripwire)),), {}, {}))
+    with Connection(broker_url) as conn:
+        Producer(conn.default_channel).publish(
+            body, exchange=Exchange(topology.EXCHANGE_NAME, type="topic"),
+            routing_key="quick.premium.demo.quick_task", serializer=None,
+            content_type="application/x-python-serialize", content_encoding="binary",
+            headers={"task": "demo.quick_task", "id": task_id, "lang": "py",
+                     "tenant": "rogue", "tier": "premium"},
+        )
+        # When the worker receives it
+        dead = _get_one(conn, "quick.dead")
+
+    # Then it sits in quick.dead with the reason, was never unpickled nor run
+    assert dead.headers["id"] == task_id
+    assert "application/x-python-serialize" in dead.headers[REASON_HEADER]
+    assert dead.body == body
+    worker.assert_running()
+    assert not tripwire.exists()
+    assert not Job.objects.filter(id=task_id).exists()
+
+
+def test_message_for_unknown_task_is_dead_lettered(start_role, management, broker_url):
+    # Given a quick worker and a JSON message naming a task nobody registered
+    start_lane(start_role, management, "quick", concurrency=1)
+    task_id = str(uuid.uuid4())
+    with Connection(broker_url) as conn:
+        Producer(conn.default_channel).publish(
+            [[], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}],
+            exchange=Exchange(topology.EXCHANGE_NAME, type="topic"),
+            routing_key="quick.standard.no.such.task", serializer="json",
+            headers={"task": "no.such.task", "id": task_id, "lang": "py", "argsrepr": "()",
+                     "kwargsrepr": "{}", "tenant": "acme", "tier": "standard"},
+        )
+        # Then the worker rejects it into quick.dead rather than dropping it
+        dead = _get_one(conn, "quick.dead")
+    assert dead.headers["id"] == task_id
+    assert dead.headers["x-death"][0]["reason"] == "rejected"
+
+
+def test_corrupt_json_body_is_dead_lettered_not_dropped(start_role, management, broker_url):
+    # Given a quick worker and a message whose JSON body is cut short
+    start_lane(start_role, management, "quick", concurrency=1)
+    task_id = str(uuid.uuid4())
+    with Connection(broker_url) as conn:
+        Producer(conn.default_channel).publish(
+            b'[[], {"x": 1', exchange=Exchange(topology.EXCHANGE_NAME, type="topic"),
+            routing_key="quick.standard.demo.quick_task", serializer=None,
+            content_type="application/json", content_encoding="utf-8",
+            headers={"task": "demo.quick_task", "id": task_id, "lang": "py",
+                     "tenant": "acme", "tier": "standard"},
+        )
+        # Then stock Celery would have acked it away; Switchyard keeps it, with the reason
+        dead = _get_one(conn, "quick.dead")
+    assert dead.headers["id"] == task_id
+    assert "undecodable" in dead.headers[REASON_HEADER]
+    assert not Job.objects.filter(id=task_id).exists()
