@@ -91,7 +91,7 @@ def tier(name: str) -> Tier:
 
 def _check_bands() -> None:
     ordered = sorted(TIERS, key=lambda t: t.low)
-    for lower, upper in zip(ordered, ordered[1:]):
+    for lower, upper in zip(ordered, ordered[1:], strict=False):
         if lower.high >= upper.low:
             raise ValueError(f"bands of {lower.name!r} and {upper.name!r} overlap")
 

@@ -55,7 +55,9 @@ class Lane:
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or "." in self.name:
-            raise ValueError(f"lane name {self.name!r} must be a plain word (it starts routing keys)")
+            raise ValueError(
+                f"lane name {self.name!r} must be a plain word (it starts routing keys)"
+            )
         if not 0 < self.soft_time_limit < self.time_limit:
             raise ValueError(f"lane {self.name!r}: need 0 < soft_time_limit < time_limit")
         check_time_limit(self, DEFAULT_CONSUMER_TIMEOUT_MS)
@@ -83,8 +85,8 @@ def check_time_limit(lane: Lane, consumer_timeout_ms: int) -> None:
     if (lane.time_limit + margin_s) * 1000 > consumer_timeout_ms:
         raise ValueError(
             f"lane {lane.name!r}: time_limit {lane.time_limit}s plus a {margin_s}s margin is not "
-            f"below the broker's consumer_timeout of {consumer_timeout_ms} ms; RabbitMQ would close "
-            "the worker's channel mid-task. Lower the limit or raise consumer_timeout "
+            f"below the broker's consumer_timeout of {consumer_timeout_ms} ms; RabbitMQ would "
+            "close the worker's channel mid-task. Lower the limit or raise consumer_timeout "
             "(see docs/runbooks/consumer-timeout.md)."
         )
 
