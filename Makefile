@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 export PYTHONPATH := $(CURDIR)/platform:$(CURDIR)
 
-.PHONY: help setup run test lint broker-check topology verify migrate demo flood clean
+.PHONY: help setup run test lint broker-check topology verify migrate demo docs clean
 
 help:
 	@echo "make run     set up, then run web (:8000), worker-slow, worker-quick, beat, Flower (:5555)"
@@ -45,7 +45,7 @@ run: setup .env topology migrate
 	exec $(BIN)/honcho start --procfile Procfile --env .env
 
 lint: setup
-	$(BIN)/ruff check routing platform tests
+	$(BIN)/ruff check routing platform tests tools
 
 test: setup lint
 	$(PY) -m pytest
@@ -55,3 +55,6 @@ demo: setup
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
+
+docs: setup
+	$(PY) tools/sync_docs.py

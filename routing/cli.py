@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--url", help=url_help + "; the vhost checked is the URL's")
 
+    ping = commands.add_parser(
+        "ping", help="check that RabbitMQ answers (exit 2 with how to start it if not)",
+        description="Open and close one AMQP connection to the broker.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ping.add_argument("--url", help=url_help)
+
     defs = commands.add_parser(
         "definitions", help="print RabbitMQ definitions JSON for the topology",
         description="Print the topology as definitions JSON (rabbitmqctl import_definitions, "
@@ -146,7 +153,22 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
     return exitcodes.FAILED
 
 
+def _ping(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    url = args.url or broker_url()
+    try:
+        connect(url).close()
+    except BrokerUnreachable as exc:
+        print(f"error: {exc}\nStart RabbitMQ first (on this machine: `rabbitmq-server "
+              "-detached`; with Docker: `docker compose up -d rabbitmq`), or point "
+              "CELERY_BROKER_URL at a running broker. Nothing was started.", file=err)
+        return exitcodes.UNREACHABLE
+    print(f"OK: RabbitMQ answers at {describe(url)}", file=out)
+    return exitcodes.OK
+
+
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.command == "ping":
+        return _ping(args, out, err)
     if args.command == "show":
         return _show(args, out)
     if args.command == "definitions":

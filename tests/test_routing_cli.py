@@ -143,3 +143,20 @@ def test_verify_with_an_unreachable_management_api_exits_2() -> None:
     assert result.returncode == 2
     assert "management API" in result.stderr and "unreachable" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.rabbitmq
+def test_ping_answers_ok_on_the_runs_broker(broker_url):
+    result = subprocess.run([sys.executable, "-m", "routing", "ping", "--url", broker_url],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK: RabbitMQ answers")
+
+
+def test_ping_says_how_to_start_rabbitmq_when_it_is_down():
+    result = subprocess.run(
+        [sys.executable, "-m", "routing", "ping", "--url", "amqp://guest:guest@127.0.0.1:1//"],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "rabbitmq-server -detached" in result.stderr
+    assert "Traceback" not in result.stderr

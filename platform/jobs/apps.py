@@ -8,8 +8,9 @@ class JobsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from jobs import signals  # noqa: F401 - connects the worker-side recorders
         from django.utils.module_loading import autodiscover_modules
+
+        from jobs import signals  # noqa: F401 - connects the worker-side recorders
 
         # Import every app's tasks module now, in every process (web included):
         # submitting a job needs each task's declared lane.

@@ -30,7 +30,9 @@ class Job(models.Model):
     task = models.CharField(max_length=200)
     lane = models.CharField(max_length=32)
     tier = models.CharField(max_length=16)
-    priority = models.PositiveSmallIntegerField(help_text="Absolute RabbitMQ priority (higher first).")
+    priority = models.PositiveSmallIntegerField(
+        help_text="Absolute RabbitMQ priority (higher first)."
+    )
     routing_key = models.CharField(max_length=300)
     params = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)

@@ -62,7 +62,9 @@ def _publish(job: Job, producer=None) -> None:
 
 
 def _mark_published(job_ids: list) -> None:
-    Job.objects.filter(id__in=job_ids, published_at__isnull=True).update(published_at=timezone.now())
+    Job.objects.filter(id__in=job_ids, published_at__isnull=True).update(
+        published_at=timezone.now()
+    )
 
 
 def job_submit(*, tenant: Tenant | None, task: str, params: Mapping[str, Any] | None = None,

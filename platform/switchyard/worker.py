@@ -47,7 +47,9 @@ class Consumer(CeleryConsumer):
                 step.qos_global = _per_consumer_qos
                 break
         else:  # a Celery upgrade moved the step: fail loudly rather than run global QoS
-            raise RuntimeError("Celery's Tasks consumer step not found; cannot force per-consumer QoS")
+            raise RuntimeError(
+                "Celery's Tasks consumer step not found; cannot force per-consumer QoS"
+            )
 
     def on_decode_error(self, message, exc) -> None:
         """A body that cannot be decoded: Celery would ack (lose) it; dead-letter it."""

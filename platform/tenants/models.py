@@ -17,7 +17,9 @@ class Tenant(models.Model):
     name = models.CharField(
         max_length=63,
         unique=True,
-        validators=[RegexValidator(r"^[a-z0-9][a-z0-9_-]*$", "lower-case letters, digits, - and _")],
+        validators=[
+            RegexValidator(r"^[a-z0-9][a-z0-9_-]*$", "lower-case letters, digits, - and _")
+        ],
         help_text="Stable name, carried in the tenant header of every task message.",
     )
     tier = models.CharField(max_length=16, choices=Tier.choices, default=Tier.STANDARD)

@@ -34,7 +34,9 @@ VAR_DIR.mkdir(parents=True, exist_ok=True)  # SQLite file, beat schedule, collec
 # Django's development default is refused in production settings (see production.py).
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "switchyard-development-only-not-secret")
 DEBUG = env_bool("DJANGO_DEBUG", False)
-ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
+ALLOWED_HOSTS = [
+    h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h
+]
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -34,7 +34,8 @@ class Command(BaseCommand):
     help = "Queue many jobs of one task, then time quick probe jobs submitted behind them."
 
     def add_arguments(self, parser):
-        parser.add_argument("--task", required=True, help="registered task name, e.g. demo.slow_task")
+        parser.add_argument("--task", required=True,
+                            help="registered task name, e.g. demo.slow_task")
         parser.add_argument("--count", type=int, required=True, help="how many jobs to queue")
         parser.add_argument("--tier", choices=[c.value for c in Tenant.Tier],
                             help="use (creating it if needed) the demo tenant of this tier")
