@@ -101,14 +101,24 @@ class _Tripwire:
         return (Path.touch, (Path(self.path),))
 
 
-def _get_one(conn: Connection, queue: str, timeout: float = 20):
-    """Fetch (and ack) one message from ``queue``, waiting up to ``timeout`` seconds."""
-    channel = conn.channel()
-    try:
-        bound = Queue(queue, no_declare=True)(channel)
-        return wait_until(lambda: bound.get(no_ack=True), timeout, f"a message in {queue}")
-    finally:
-        channel.close()
+def publish_and_collect_dead(broker_url: str, body, *, task: str, routing_key: str,
+                             content_type: str, content_encoding: str, tier: str = "standard",
+                             timeout: float = 20):
+    """Publish one raw task message as a foreign client would; return (its id, what
+    arrived in the lane's dead-letter queue), waiting up to ``timeout`` seconds."""
+    task_id = str(uuid.uuid4())
+    dead_queue = topology.dead_queue_name(topology.parse_routing_key(routing_key)[0])
+    with Connection(broker_url) as conn:
+        Producer(conn.default_channel).publish(
+            body, exchange=Exchange(topology.EXCHANGE_NAME, type="topic"),
+            routing_key=routing_key, serializer=None,
+            content_type=content_type, content_encoding=content_encoding,
+            headers={"task": task, "id": task_id, "lang": "py", "argsrepr": "()",
+                     "kwargsrepr": "{}", "tenant": "outsider", "tier": tier},
+        )
+        bound = Queue(dead_queue, no_declare=True)(conn.default_channel)
+        dead = wait_until(lambda: bound.get(no_ack=True), timeout, f"a message in {dead_queue}")
+    return task_id, dead
 
 
 def test_pickle_message_is_dead_lettered_and_never_executed(start_role, management, tmp_path,
@@ -116,18 +126,12 @@ def test_pickle_message_is_dead_lettered_and_never_executed(start_role, manageme
     # Given a quick worker, and a rogue client publishing a pickle body for a real task
     worker = start_lane(start_role, management, "quick", concurrency=1)
     tripwire = tmp_path / "unpickled"
-    task_id = str(uuid.uuid4())
     body = pickle.dumps(((_Tripwire(str(tripwire)),), {}, {}))
-    with Connection(broker_url) as conn:
-        Producer(conn.default_channel).publish(
-            body, exchange=Exchange(topology.EXCHANGE_NAME, type="topic"),
-            routing_key="quick.premium.demo.quick_task", serializer=None,
-            content_type="application/x-python-serialize", content_encoding="binary",
-            headers={"task": "demo.quick_task", "id": task_id, "lang": "py",
-                     "tenant": "rogue", "tier": "premium"},
-        )
-        # When the worker receives it
-        dead = _get_one(conn, "quick.dead")
+    # When the worker receives it
+    task_id, dead = publish_and_collect_dead(
+        broker_url, body, task="demo.quick_task", routing_key="quick.premium.demo.quick_task",
+        content_type="application/x-python-serialize", content_encoding="binary",
+        tier="premium")
 
     # Then it sits in quick.dead with the reason, was never unpickled nor run
     assert dead.headers["id"] == task_id
@@ -141,17 +145,11 @@ def test_pickle_message_is_dead_lettered_and_never_executed(start_role, manageme
 def test_message_for_unknown_task_is_dead_lettered(start_role, management, broker_url):
     # Given a quick worker and a JSON message naming a task nobody registered
     start_lane(start_role, management, "quick", concurrency=1)
-    task_id = str(uuid.uuid4())
-    with Connection(broker_url) as conn:
-        Producer(conn.default_channel).publish(
-            [[], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}],
-            exchange=Exchange(topology.EXCHANGE_NAME, type="topic"),
-            routing_key="quick.standard.no.such.task", serializer="json",
-            headers={"task": "no.such.task", "id": task_id, "lang": "py", "argsrepr": "()",
-                     "kwargsrepr": "{}", "tenant": "acme", "tier": "standard"},
-        )
-        # Then the worker rejects it into quick.dead rather than dropping it
-        dead = _get_one(conn, "quick.dead")
+    body = b'[[], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]'
+    task_id, dead = publish_and_collect_dead(
+        broker_url, body, task="no.such.task", routing_key="quick.standard.no.such.task",
+        content_type="application/json", content_encoding="utf-8")
+    # Then the worker rejects it into quick.dead rather than dropping it
     assert dead.headers["id"] == task_id
     assert dead.headers["x-death"][0]["reason"] == "rejected"
 
@@ -159,17 +157,11 @@ def test_message_for_unknown_task_is_dead_lettered(start_role, management, broke
 def test_corrupt_json_body_is_dead_lettered_not_dropped(start_role, management, broker_url):
     # Given a quick worker and a message whose JSON body is cut short
     start_lane(start_role, management, "quick", concurrency=1)
-    task_id = str(uuid.uuid4())
-    with Connection(broker_url) as conn:
-        Producer(conn.default_channel).publish(
-            b'[[], {"x": 1', exchange=Exchange(topology.EXCHANGE_NAME, type="topic"),
-            routing_key="quick.standard.demo.quick_task", serializer=None,
-            content_type="application/json", content_encoding="utf-8",
-            headers={"task": "demo.quick_task", "id": task_id, "lang": "py",
-                     "tenant": "acme", "tier": "standard"},
-        )
-        # Then stock Celery would have acked it away; Switchyard keeps it, with the reason
-        dead = _get_one(conn, "quick.dead")
+    task_id, dead = publish_and_collect_dead(
+        broker_url, b'[[], {"x": 1', task="demo.quick_task",
+        routing_key="quick.standard.demo.quick_task",
+        content_type="application/json", content_encoding="utf-8")
+    # Then stock Celery would have acked it away; Switchyard keeps it, with the reason
     assert dead.headers["id"] == task_id
     assert "undecodable" in dead.headers[REASON_HEADER]
     assert not Job.objects.filter(id=task_id).exists()
