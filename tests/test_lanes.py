@@ -53,7 +53,7 @@ def test_quick_task_completes_while_slow_backlog_sits(start_role, management):
     # When the same tenant submits quick jobs one after another
     latencies = []
     for i in range(5):
-        job = job_submit(tenant=tenant, task="demo.quick_task", params={"x": i})
+        job, _ = job_submit(tenant=tenant, task="demo.quick_task", params={"x": i})
         wait_until(lambda j=job: job_status(j.id) == Job.Status.SUCCEEDED, 15,
                    f"quick job {i}", roles=[slow, quick])
         done = Job.objects.get(id=job.id)

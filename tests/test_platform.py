@@ -64,8 +64,8 @@ def test_all_roles_run_and_declare_only_what_rabbitmq_4_accepts(start_role, mana
 
     # A job runs end to end on each lane.
     tenant = Tenant.objects.create(name="smoke", tier="premium")
-    quick = job_submit(tenant=tenant, task="demo.quick_task", params={"x": "hi"})
-    slow = job_submit(tenant=tenant, task="demo.slow_task", params={"seconds": 0.1})
+    quick, _ = job_submit(tenant=tenant, task="demo.quick_task", params={"x": "hi"})
+    slow, _ = job_submit(tenant=tenant, task="demo.slow_task", params={"seconds": 0.1})
     wait_until(lambda: Job.objects.filter(id__in=[quick.id, slow.id],
                                           status=Job.Status.SUCCEEDED).count() == 2,
                60, "a job on each lane to succeed", roles=roles)

@@ -14,7 +14,15 @@ from switchyard.celery import app
 MAX_SLOW_SECONDS = 600.0
 
 
-@app.task(name="demo.slow_task", lane="slow")
+@app.task(
+    name="demo.slow_task",
+    lane="slow",
+    params_schema={
+        "type": "object",
+        "properties": {"seconds": {"type": "number", "minimum": 0, "maximum": MAX_SLOW_SECONDS}},
+        "additionalProperties": False,
+    },
+)
 def slow_task(seconds: float = 1.0) -> float:
     """Sleep ``seconds`` (0 to 600) and return it: stands for heavy I/O-bound work."""
     seconds = float(seconds)
@@ -24,7 +32,15 @@ def slow_task(seconds: float = 1.0) -> float:
     return seconds
 
 
-@app.task(name="demo.quick_task", lane="quick")
+@app.task(
+    name="demo.quick_task",
+    lane="quick",
+    params_schema={
+        "type": "object",
+        "properties": {"x": {"description": "any JSON value, returned as the result"}},
+        "additionalProperties": False,
+    },
+)
 def quick_task(x=None):
     """Return ``x`` at once: stands for a metadata lookup answered in milliseconds."""
     return x

@@ -40,7 +40,15 @@ class Job(models.Model):
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
     worker = models.CharField(max_length=255, blank=True)
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    request_fingerprint = models.CharField(
+        max_length=64, blank=True, help_text="SHA-256 of the request, to refuse a reused key."
+    )
     submitted_at = models.DateTimeField()
+    run_at = models.DateTimeField(
+        null=True, blank=True, help_text="Not published before this time (countdown / eta)."
+    )
+    expires_at = models.DateTimeField(null=True, blank=True)
     published_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -51,6 +59,13 @@ class Job(models.Model):
             models.Index(fields=["tenant", "status"]),
             models.Index(fields=["lane", "status"]),
             models.Index(fields=["status", "finished_at"]),
+            # The dispatcher's scan: queued jobs not yet handed to the broker.
+            models.Index(fields=["run_at"], name="jobs_unpublished",
+                         condition=models.Q(published_at__isnull=True, status="queued")),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "idempotency_key"], name="jobs_idempotency",
+                                    condition=~models.Q(idempotency_key="")),
         ]
 
     def __str__(self) -> str:

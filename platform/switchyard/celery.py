@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery, Task, signals
+from celery.exceptions import Ignore
 
 import routing.celery_config as routing_celery
 from routing import topology
@@ -23,10 +24,14 @@ class SwitchyardTask(Task):
     """Base class of every Switchyard task.
 
     A task declares its lane once: ``@app.task(name="media.thumbnail", lane="slow")``.
-    The lane gives its queue, routing key and default time limits.
+    The lane gives its queue, routing key and default time limits. ``params_schema``
+    (JSON Schema of its keyword arguments) is what the API validates and lists;
+    ``public = False`` keeps a platform-internal task out of the API.
     """
 
     lane: str | None = None
+    params_schema: dict | None = None
+    public: bool = True
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -37,6 +42,17 @@ class SwitchyardTask(Task):
             cls.time_limit = ln.time_limit
         if cls.soft_time_limit is None:
             cls.soft_time_limit = ln.soft_time_limit
+
+    def __call__(self, *args, **kwargs):
+        # Delivered by a broker (not called directly): the job record decides
+        # whether this delivery runs. A cancelled, expired or already finished
+        # job (a redelivery after a crash) is acknowledged without running.
+        if self.lane is not None and self.request.id and not self.request.called_directly:
+            from jobs.recording import job_begin
+
+            if not job_begin(task=self, task_id=self.request.id, kwargs=kwargs):
+                raise Ignore()
+        return super().__call__(*args, **kwargs)
 
 
 app = Celery("switchyard", task_cls=SwitchyardTask)
@@ -58,6 +74,11 @@ def _enforce_contract(sender=None, headers=None, properties=None, routing_key=No
                       exchange=None, **_):
     if exchange == topology.EXCHANGE_NAME and headers is not None and properties is not None:
         routing_celery.enforce_on_publish(headers, properties, routing_key)
+        # Celery turns `expires` into an AMQP per-message TTL too; RabbitMQ would
+        # then dead-letter an expired job into <lane>.dead and its record would
+        # stay "queued" for ever. The worker enforces `expires` (the header)
+        # against the job record instead and marks the job expired.
+        properties.pop("expiration", None)
 
 
 def startup_problems() -> list[str]:

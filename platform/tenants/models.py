@@ -28,6 +28,12 @@ class Tenant(models.Model):
         default=1, validators=[MinValueValidator(1)],
         help_text="Relative share of its tier's throughput (fair sharing).",
     )
+    max_queued_jobs = models.PositiveIntegerField(
+        default=100_000, help_text="Most jobs waiting (queued or retrying) at once; more is 429."
+    )
+    submissions_per_minute = models.PositiveIntegerField(
+        default=6_000, help_text="Most job submissions in any 60 seconds; more is 429."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

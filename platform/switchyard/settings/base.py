@@ -29,7 +29,7 @@ def env_int(name: str, default: int) -> int:
 PROJECT_DIR = Path(__file__).resolve().parents[2]  # platform/
 REPO_DIR = PROJECT_DIR.parent
 VAR_DIR = Path(os.environ.get("SWITCHYARD_VAR_DIR", REPO_DIR / "var"))
-VAR_DIR.mkdir(parents=True, exist_ok=True)  # SQLite file, beat schedule, collected static
+(VAR_DIR / "static").mkdir(parents=True, exist_ok=True)  # SQLite, beat schedule, static
 
 # Django's development default is refused in production settings (see production.py).
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "switchyard-development-only-not-secret")
@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
     "tenants",
     "jobs",
     "demo",
@@ -102,7 +103,22 @@ STATIC_ROOT = VAR_DIR / "static"
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.authentication.TenantTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "switchyard.api_errors.api_exception_handler",
+    "UNAUTHENTICATED_USER": None,
 }
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Switchyard API",
+    "DESCRIPTION": "Submit, track and cancel jobs on Switchyard's priority lanes.",
+    "VERSION": "1",
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+}
+# Largest request body accepted (bytes); larger is 400 (RequestDataTooBig).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("SWITCHYARD_MAX_BODY_BYTES", 1024 * 1024)
 
 LOGGING = {
     "version": 1,

@@ -105,7 +105,7 @@ class Command(BaseCommand):
     def _probe(self, tenant: Tenant, opts, flood_lane: str, probe_lane: str) -> None:
         latencies = []
         for i in range(opts["probe"]):
-            job = job_submit(tenant=tenant, task=opts["probe_task"],
+            job, _ = job_submit(tenant=tenant, task=opts["probe_task"],
                              params=DEFAULT_PARAMS.get(opts["probe_task"], {}))
             deadline = time.monotonic() + opts["probe_timeout"]
             while True:

@@ -1,6 +1,8 @@
 """Worker-side recorders: each job's status follows what its worker does.
 
-Connected in ``JobsConfig.ready`` and run inside the worker's pool processes.
+``job_begin`` is called by ``SwitchyardTask.__call__`` before a delivery runs;
+the rest are Celery signal handlers, connected in ``JobsConfig.ready`` and run
+inside the worker's processes.
 Each is one UPDATE by primary key, so recording costs a round trip per
 transition, never a read-modify-write race between two deliveries.
 """
@@ -57,19 +59,34 @@ def _record_unknown_job(task, task_id: str, kwargs) -> None:
     )
 
 
-@signals.task_prerun.connect
-def job_started(sender=None, task_id=None, task=None, kwargs=None, **_):
-    if not _is_switchyard_task(task):
-        return
+#: States from which a delivery may (re)start the job. ``started`` is included
+#: because a worker that died mid-task leaves its job there, and the
+#: redelivered message must run it again.
+RUNNABLE = (Job.Status.QUEUED, Job.Status.RETRYING, Job.Status.STARTED)
+
+
+def job_begin(*, task, task_id: str, kwargs) -> bool:
+    """Mark the job started for this delivery; False if it must not run.
+
+    One conditional UPDATE: a job cancelled, expired or already finished
+    (redelivered after its worker died between recording and acking) is not
+    run again. A message published without Switchyard's submit path
+    (Celery-native) is recorded on first sight.
+    """
     values = {
         "status": Job.Status.STARTED,
         "started_at": timezone.now(),
         "attempts": F("attempts") + 1,
         "worker": task.request.hostname or "",
     }
-    if not Job.objects.filter(id=task_id).update(**values):
-        _record_unknown_job(task, task_id, kwargs)
-        Job.objects.filter(id=task_id).update(**values)
+    runnable = Job.objects.filter(id=task_id, status__in=RUNNABLE)
+    if runnable.update(**values):
+        return True
+    if Job.objects.filter(id=task_id).exists():
+        logger.info("job %s is no longer runnable; its delivery is acknowledged unrun", task_id)
+        return False
+    _record_unknown_job(task, task_id, kwargs)
+    return bool(runnable.update(**values))
 
 
 @signals.task_success.connect
@@ -87,6 +104,16 @@ def job_retrying(sender=None, request=None, reason=None, **_):
     if not _is_switchyard_task(sender):
         return
     Job.objects.filter(id=request.id).update(status=Job.Status.RETRYING, error=str(reason)[:5000])
+
+
+@signals.task_revoked.connect
+def job_expired(sender=None, request=None, expired=False, **_):
+    """Celery drops a message whose ``expires`` passed before it started."""
+    if expired and request is not None:
+        Job.objects.filter(id=request.id, status__in=RUNNABLE).update(
+            status=Job.Status.EXPIRED, finished_at=timezone.now(),
+            error="expired before a worker could start it",
+        )
 
 
 @signals.task_failure.connect

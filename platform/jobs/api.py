@@ -1,0 +1,191 @@
+"""The job API (v1): submit, read, list, cancel; the task catalogue.
+
+Views stay thin: they parse and answer; services decide.
+"""
+from __future__ import annotations
+
+from django.urls import reverse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from jobs.catalogue import InvalidParams, catalogue, catalogue_task, validate_params
+from jobs.models import Job
+from jobs.selectors import job_get, job_list
+from jobs.services import (
+    IdempotencyConflict,
+    InvalidSubmission,
+    NotCancellable,
+    QuotaExceeded,
+    SubmitOptions,
+    job_cancel,
+    job_submit,
+)
+from routing import topology
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses keys it does not know: an option silently ignored is a bug waiting."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise ValidationError({key: [f"unknown field; accepted: "
+                                             f"{', '.join(self.fields)}"] for key in unknown})
+        return super().to_internal_value(data)
+
+
+class ExpiresField(serializers.Field):
+    """Seconds from now (a number) or an ISO 8601 time with a time zone."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool):
+            self.fail("invalid")
+        if isinstance(data, (int, float)):
+            return float(data)
+        return serializers.DateTimeField().to_internal_value(data)
+
+    def to_representation(self, value):
+        return value
+
+    default_error_messages = {"invalid": "must be seconds (a number) or an ISO 8601 time"}
+
+
+class JobOutputSerializer(serializers.ModelSerializer):
+    status_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = ["id", "task", "status", "lane", "tier", "priority", "routing_key", "params",
+                  "attempts", "result", "error", "submitted_at", "run_at", "expires_at",
+                  "started_at", "finished_at", "status_url"]
+
+    def get_status_url(self, job: Job) -> str:
+        return self.context["request"].build_absolute_uri(
+            reverse("jobs:job-detail", kwargs={"job_id": job.id}))
+
+
+class JobPagination(CursorPagination):
+    ordering = "-submitted_at"
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+class JobListSubmitApi(APIView):
+    """``POST /api/v1/jobs`` submits; ``GET /api/v1/jobs`` lists the caller's jobs."""
+
+    class OptionsSerializer(StrictSerializer):
+        priority = serializers.IntegerField(min_value=0, max_value=9, required=False,
+                                            help_text="relative 0..9 inside the tenant's band")
+        countdown = serializers.FloatField(min_value=0, required=False, help_text="seconds")
+        eta = serializers.DateTimeField(required=False)
+        expires = ExpiresField(required=False)
+
+    class InputSerializer(StrictSerializer):
+        task = serializers.CharField(max_length=200)
+        params = serializers.DictField(required=False, default=dict)
+        options = serializers.DictField(required=False, default=dict)
+
+    class FilterSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=Job.Status.choices, required=False)
+        task = serializers.CharField(required=False)
+        lane = serializers.ChoiceField(choices=list(topology.LANES_BY_NAME), required=False)
+
+    @extend_schema(request=InputSerializer, responses={202: JobOutputSerializer},
+                   parameters=[OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER,
+                                                required=False)])
+    def post(self, request):
+        body = self.InputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        task = catalogue_task(data["task"])
+        if task is None:
+            raise ValidationError({"task": [f"unknown task {data['task']!r}; see /api/v1/tasks"]})
+        try:
+            validate_params(task, data["params"])
+        except InvalidParams as exc:
+            raise ValidationError({exc.field: [str(exc).split(": ", 1)[1]]}) from exc
+        opts = self.OptionsSerializer(data=data["options"])
+        if not opts.is_valid():
+            raise ValidationError({"options": opts.errors})
+        key = request.headers.get(IDEMPOTENCY_HEADER, "")
+        if len(key) > 255:
+            raise ValidationError({IDEMPOTENCY_HEADER: ["at most 255 characters"]})
+        try:
+            job, created = job_submit(tenant=request.auth, task=task.name,
+                                      params=data["params"],
+                                      options=SubmitOptions(**opts.validated_data),
+                                      idempotency_key=key)
+        except InvalidSubmission as exc:
+            raise ValidationError({exc.field: [exc.message]}) from exc
+        except QuotaExceeded as exc:
+            return Response({"detail": f"quota exceeded: {exc}"},
+                            status=status.HTTP_429_TOO_MANY_REQUESTS,
+                            headers={"Retry-After": str(exc.retry_after)})
+        except IdempotencyConflict as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        headers = {"Location": reverse("jobs:job-detail", kwargs={"job_id": job.id})}
+        if not created:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(JobOutputSerializer(job, context={"request": request}).data,
+                        status=status.HTTP_202_ACCEPTED, headers=headers)
+
+    @extend_schema(parameters=[FilterSerializer], responses={200: JobOutputSerializer(many=True)})
+    def get(self, request):
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        jobs = job_list(tenant=request.auth, **filters.validated_data)
+        paginator = JobPagination()
+        page = paginator.paginate_queryset(jobs, request, view=self)
+        return paginator.get_paginated_response(
+            JobOutputSerializer(page, many=True, context={"request": request}).data)
+
+
+def _own_job(request, job_id) -> Job:
+    job = job_get(tenant=request.auth, job_id=job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+class JobDetailApi(APIView):
+    """``GET /api/v1/jobs/{id}``: one of the caller's jobs."""
+
+    @extend_schema(responses={200: JobOutputSerializer})
+    def get(self, request, job_id):
+        return Response(JobOutputSerializer(_own_job(request, job_id),
+                                            context={"request": request}).data)
+
+
+class JobCancelApi(APIView):
+    """``POST /api/v1/jobs/{id}/cancel``: a job that has not started never runs."""
+
+    @extend_schema(request=None, responses={200: JobOutputSerializer})
+    def post(self, request, job_id):
+        try:
+            job = job_cancel(job=_own_job(request, job_id))
+        except NotCancellable as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(JobOutputSerializer(job, context={"request": request}).data)
+
+
+class TaskCatalogueApi(APIView):
+    """``GET /api/v1/tasks``: the tasks the API accepts, their lane and parameter schema."""
+
+    class OutputSerializer(serializers.Serializer):
+        name = serializers.CharField()
+        lane = serializers.CharField()
+        description = serializers.CharField()
+        params_schema = serializers.DictField()
+
+    @extend_schema(responses={200: OutputSerializer(many=True)})
+    def get(self, request):
+        return Response(self.OutputSerializer(catalogue(), many=True).data)
+

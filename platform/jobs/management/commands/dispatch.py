@@ -1,0 +1,50 @@
+"""``manage.py dispatch``: publish delayed jobs when due, and jobs the web could not publish.
+
+Runs as the ``dispatcher`` role. Several may run at once (rows are locked with
+SKIP LOCKED on PostgreSQL); with SQLite run one.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+from django.core.management.base import BaseCommand
+from django.db import close_old_connections
+
+from jobs.services import job_publish_due
+
+logger = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = "Publish jobs whose countdown/eta is due, and accepted jobs not yet published."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--interval", type=float, default=0.2,
+                            help="seconds between scans when nothing is due (default 0.2)")
+        parser.add_argument("--once", action="store_true", help="one scan, then exit")
+
+    def handle(self, *args, interval: float, once: bool, **options):
+        stopping = False
+
+        def stop(signum, frame):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        while not stopping:
+            close_old_connections()
+            try:
+                published = job_publish_due()
+            except Exception:  # broker or database away: say so, wait, try again
+                logger.exception("dispatch scan failed; retrying in 2 s")
+                published = 0
+                time.sleep(2)
+            if published:
+                logger.info("published %d due job(s)", published)
+            if once:
+                break
+            if not published:
+                time.sleep(interval)

@@ -1,0 +1,229 @@
+"""The job API as an internal service uses it: every status code it promises."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from jobs.models import Job
+from jobs.services import job_publish_due
+from tenants.models import Tenant
+from tenants.services import tenant_create
+
+pytestmark = pytest.mark.django_db
+
+
+def client_for(name: str, tier: str = "standard", **quotas) -> tuple[APIClient, Tenant]:
+    tenant, key = tenant_create(name=name, tier=tier)
+    if quotas:
+        Tenant.objects.filter(id=tenant.id).update(**quotas)
+        tenant.refresh_from_db()
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    return client, tenant
+
+
+def submit(client: APIClient, body: dict, **headers):
+    return client.post("/api/v1/jobs", body, format="json", **headers)
+
+
+@pytest.fixture
+def acme():
+    return client_for("acme", "standard")[0]
+
+
+def test_submit_answers_202_with_the_routing_it_derived(acme):
+    resp = submit(acme, {"task": "demo.slow_task", "params": {"seconds": 1}})
+    assert resp.status_code == 202, resp.json()
+    body = resp.json()
+    assert body["status"] == "queued"
+    assert (body["lane"], body["tier"]) == ("slow", "standard")
+    assert body["routing_key"] == "slow.standard.demo.slow_task"
+    assert body["status_url"].endswith(f"/api/v1/jobs/{body['id']}")
+    assert resp["Location"] == f"/api/v1/jobs/{body['id']}"
+    assert Job.objects.filter(id=body["id"]).exists()
+
+
+@pytest.mark.parametrize(("tier", "asked", "band"), [("standard", 9, range(0, 5)),
+                                                     ("premium", 0, range(5, 10))])
+def test_priority_is_placed_in_the_tenants_band_whatever_is_asked(tier, asked, band):
+    client, _ = client_for(f"co-{tier}", tier)
+    body = submit(client, {"task": "demo.quick_task", "options": {"priority": asked}}).json()
+    assert body["tier"] == tier and body["priority"] in band
+
+
+def test_no_token_or_a_bad_one_is_401():
+    anon = APIClient()
+    resp = anon.post("/api/v1/jobs", {"task": "demo.quick_task"}, format="json")
+    assert resp.status_code == 401 and resp["WWW-Authenticate"] == "Token"
+    anon.credentials(HTTP_AUTHORIZATION="Token sy_not-a-real-token")
+    assert anon.get("/api/v1/jobs").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"task": "no.such.task"}, "task"),
+        ({"params": {}}, "task"),
+        ({"task": "demo.slow_task", "params": {"seconds": -1}}, "params.seconds"),
+        ({"task": "demo.slow_task", "params": {"secs": 1}}, "params"),
+        ({"task": "demo.slow_task", "params": "nope"}, "params"),
+        ({"task": "demo.quick_task", "options": {"priority": 10}}, "options.priority"),
+        ({"task": "demo.quick_task", "options": {"link": "x"}}, "options.link"),
+        ({"task": "demo.quick_task", "options": {"eta": "2001-01-01T00:00:00Z"}}, "options.eta"),
+        ({"task": "demo.quick_task", "options": {"countdown": 60, "expires": 30}},
+         "options.expires"),
+        ({"task": "demo.quick_task", "options": {"expires": "tomorrow"}}, "options.expires"),
+        ({"task": "demo.quick_task", "options": {"countdown": 10, "eta": "2099-01-01T00:00Z"}},
+         "options.eta"),
+        ({"task": "demo.quick_task", "surprise": 1}, "surprise"),
+    ],
+)
+def test_bad_input_is_400_naming_the_field(acme, body, field):
+    resp = submit(acme, body)
+    assert resp.status_code == 400
+    assert field in resp.json()["errors"], resp.json()
+    assert resp.json()["detail"].startswith(field)
+    assert Job.objects.count() == 0
+
+
+def test_expires_before_eta_is_refused(acme):
+    eta = timezone.now() + dt.timedelta(hours=1)
+    resp = submit(acme, {"task": "demo.quick_task", "options": {
+        "eta": eta.isoformat(), "expires": (eta - dt.timedelta(minutes=1)).isoformat()}})
+    assert resp.status_code == 400 and "options.expires" in resp.json()["errors"]
+
+
+def test_body_that_is_not_json_or_too_big_is_400(acme, settings):
+    resp = acme.post("/api/v1/jobs", "task=demo.quick_task",
+                     content_type="application/x-www-form-urlencoded")
+    assert resp.status_code == 415
+    resp = acme.post("/api/v1/jobs", "{not json", content_type="application/json")
+    assert resp.status_code == 400
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    big = {"task": "demo.quick_task", "params": {"x": "y" * 2000}}
+    resp = acme.post("/api/v1/jobs", json.dumps(big), content_type="application/json")
+    assert resp.status_code == 400
+    assert Job.objects.count() == 0
+
+
+def test_another_tenants_job_is_404_to_read_and_to_cancel(acme):
+    job_id = submit(acme, {"task": "demo.quick_task"}).json()["id"]
+    other, _ = client_for("globex")
+    assert other.get(f"/api/v1/jobs/{job_id}").status_code == 404
+    assert other.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 404
+    assert other.get("/api/v1/jobs").json()["results"] == []
+    assert acme.get(f"/api/v1/jobs/{job_id}").status_code == 200
+
+
+def test_cancel_a_queued_job_then_a_finished_one_is_409(acme):
+    job_id = submit(acme, {"task": "demo.quick_task"}).json()["id"]
+    resp = acme.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
+    again = acme.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert again.status_code == 409 and "cancelled" in again.json()["detail"]
+
+
+def test_queued_quota_is_429_with_retry_after():
+    client, _ = client_for("small", max_queued_jobs=2)
+    assert [submit(client, {"task": "demo.quick_task"}).status_code for _ in range(2)] == [202,
+                                                                                           202]
+    resp = submit(client, {"task": "demo.quick_task"})
+    assert resp.status_code == 429 and int(resp["Retry-After"]) > 0
+    assert Job.objects.count() == 2
+
+
+def test_rate_quota_is_429_with_retry_after():
+    client, _ = client_for("chatty", submissions_per_minute=3)
+    codes = [submit(client, {"task": "demo.quick_task"}).status_code for _ in range(4)]
+    assert codes == [202, 202, 202, 429]
+    assert 1 <= int(submit(client, {"task": "demo.quick_task"})["Retry-After"]) <= 61
+
+
+def test_idempotency_key_returns_the_same_job(acme):
+    body = {"task": "demo.quick_task", "params": {"x": 1}}
+    first = submit(acme, body, HTTP_IDEMPOTENCY_KEY="order-42")
+    second = submit(acme, body, HTTP_IDEMPOTENCY_KEY="order-42")
+    assert first.status_code == second.status_code == 202
+    assert first.json()["id"] == second.json()["id"]
+    assert second["Idempotent-Replayed"] == "true"
+    other = submit(acme, {"task": "demo.quick_task", "params": {"x": 2}},
+                   HTTP_IDEMPOTENCY_KEY="order-42")
+    assert other.status_code == 409
+    assert Job.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_idempotency_holds_under_two_concurrent_requests():
+    if connection.vendor != "postgresql":
+        pytest.skip("concurrent writers need PostgreSQL (CI runs it)")
+    client, tenant = client_for("racer")
+    barrier = threading.Barrier(2)
+    answers = []
+
+    def post():
+        barrier.wait()
+        answers.append(submit(client, {"task": "demo.quick_task"}, HTTP_IDEMPOTENCY_KEY="k1"))
+        connection.close()
+
+    threads = [threading.Thread(target=post) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [a.status_code for a in answers] == [202, 202]
+    assert answers[0].json()["id"] == answers[1].json()["id"]
+    assert Job.objects.filter(tenant=tenant).count() == 1
+
+
+def test_list_filters_and_paginates_own_jobs(acme):
+    for _ in range(3):
+        submit(acme, {"task": "demo.quick_task"})
+    submit(acme, {"task": "demo.slow_task", "params": {"seconds": 0}})
+    assert len(acme.get("/api/v1/jobs").json()["results"]) == 4
+    slow = acme.get("/api/v1/jobs?lane=slow").json()["results"]
+    assert [j["task"] for j in slow] == ["demo.slow_task"]
+    assert len(acme.get("/api/v1/jobs?task=demo.quick_task").json()["results"]) == 3
+    assert acme.get("/api/v1/jobs?status=succeeded").json()["results"] == []
+    page = acme.get("/api/v1/jobs?page_size=2").json()
+    assert len(page["results"]) == 2 and page["next"]
+    assert acme.get("/api/v1/jobs?status=bogus").status_code == 400
+
+
+def test_task_catalogue_lists_public_tasks_with_lane_and_schema(acme):
+    tasks = {t["name"]: t for t in acme.get("/api/v1/tasks").json()}
+    assert tasks["demo.slow_task"]["lane"] == "slow"
+    assert tasks["demo.slow_task"]["params_schema"]["properties"]["seconds"]["maximum"] == 600
+    assert tasks["demo.quick_task"]["lane"] == "quick"
+    assert "jobs.prune_finished" not in tasks
+
+
+def test_openapi_schema_and_docs_page_are_served():
+    anon = APIClient()
+    schema = anon.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert schema.status_code == 200
+    assert "/api/v1/jobs" in json.loads(schema.content)["paths"]
+    assert anon.get("/api/docs/").status_code == 200
+
+
+def test_countdown_job_waits_in_the_table_until_due(acme):
+    body = submit(acme, {"task": "demo.quick_task", "options": {"countdown": 30}}).json()
+    job = Job.objects.get(id=body["id"])
+    assert job.published_at is None
+    assert 29 <= (job.run_at - job.submitted_at).total_seconds() <= 31
+    # Not due yet: the dispatcher leaves it alone.
+    assert job_publish_due(now=job.submitted_at + dt.timedelta(seconds=10)) == 0
+
+
+def test_job_that_expired_before_publication_is_marked_expired(acme):
+    body = submit(acme, {"task": "demo.quick_task",
+                         "options": {"countdown": 5, "expires": 10}}).json()
+    job = Job.objects.get(id=body["id"])
+    assert job_publish_due(now=job.submitted_at + dt.timedelta(seconds=11)) == 0
+    job.refresh_from_db()
+    assert job.status == "expired" and job.published_at is None
