@@ -16,7 +16,7 @@ import pytest
 from django.conf import settings
 
 from jobs.models import Job
-from jobs.services import job_submit
+from jobs.services import SubmitOptions, job_submit
 from tenants.models import Tenant
 from tests.processes import wait_until
 
@@ -51,6 +51,7 @@ def test_all_roles_run_and_declare_only_what_rabbitmq_4_accepts(start_role, mana
         start_role("worker", "slow", SWITCHYARD_SLOW_CONCURRENCY="2"),
         start_role("worker", "quick", SWITCHYARD_QUICK_CONCURRENCY="3"),
         start_role("beat", SWITCHYARD_VAR_DIR=str(settings.VAR_DIR)),
+        start_role("dispatcher"),
         start_role("flower", FLOWER_PORT=str(flower_port), FLOWER_BASIC_AUTH=flower_auth),
     ]
 
@@ -66,9 +67,11 @@ def test_all_roles_run_and_declare_only_what_rabbitmq_4_accepts(start_role, mana
     tenant = Tenant.objects.create(name="smoke", tier="premium")
     quick, _ = job_submit(tenant=tenant, task="demo.quick_task", params={"x": "hi"})
     slow, _ = job_submit(tenant=tenant, task="demo.slow_task", params={"seconds": 0.1})
-    wait_until(lambda: Job.objects.filter(id__in=[quick.id, slow.id],
-                                          status=Job.Status.SUCCEEDED).count() == 2,
-               60, "a job on each lane to succeed", roles=roles)
+    later, _ = job_submit(tenant=tenant, task="demo.quick_task", params={"x": 2},
+                          options=SubmitOptions(countdown=0.5))  # through the dispatcher
+    wait_until(lambda: Job.objects.filter(id__in=[quick.id, slow.id, later.id],
+                                          status=Job.Status.SUCCEEDED).count() == 3,
+               60, "a job on each lane and a delayed one to succeed", roles=roles)
     assert Job.objects.get(id=quick.id).result == "hi"
     assert Job.objects.get(id=quick.id).worker.startswith("quick@")
     assert Job.objects.get(id=slow.id).worker.startswith("slow@")
