@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from jobs.models import Job
 from tenants.services import tenant_create
 from tests.processes import wait_until
-from tests.test_lanes import consumers_on, start_lane
+from tests.test_lanes import start_lane
 from tests.test_platform import free_port
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers]
@@ -126,7 +126,3 @@ def _post_job(port: int, key: str):
     with urllib.request.urlopen(req, timeout=10) as resp:
         return resp.status, json.loads(resp.read())
 
-
-def test_consumers_helper_sees_no_consumer_without_workers(management, lanes_empty):
-    # Guards the helpers above: with no worker started, the lanes have no consumer.
-    assert consumers_on(management, "quick") == 0

@@ -15,9 +15,8 @@ from celery import signals
 from django.db.models import F
 from django.utils import timezone
 
-import routing.celery_config as routing_celery
+from jobs.admission import job_admit_native
 from jobs.models import Job
-from routing import priorities, topology
 
 logger = logging.getLogger(__name__)
 
@@ -34,44 +33,19 @@ def _jsonable(value):
     return value
 
 
-def _record_unknown_job(task, task_id: str, kwargs) -> None:
-    """A message published without Switchyard's submit path (Celery-native): record it now."""
-    request = task.request
-    delivery = request.delivery_info or {}
-    tier = getattr(request, routing_celery.TIER_HEADER, None)
-    tier = tier if tier in priorities.TIERS_BY_NAME else priorities.DEFAULT_TIER.name
-    now = timezone.now()
-    Job.objects.get_or_create(
-        id=task_id,
-        defaults={
-            "tenant_name": getattr(request, routing_celery.TENANT_HEADER, None)
-            or routing_celery.SYSTEM_TENANT,
-            "task": task.name,
-            "lane": task.lane,
-            "tier": tier,
-            "priority": delivery.get("priority") or 0,
-            "routing_key": delivery.get("routing_key")
-            or topology.routing_key(task.lane, tier, task.name),
-            "params": _jsonable(dict(kwargs or {})),
-            "submitted_at": now,
-            "published_at": now,
-        },
-    )
-
-
 #: States from which a delivery may (re)start the job. ``started`` is included
 #: because a worker that died mid-task leaves its job there, and the
 #: redelivered message must run it again.
 RUNNABLE = (Job.Status.QUEUED, Job.Status.RETRYING, Job.Status.STARTED)
 
 
-def job_begin(*, task, task_id: str, kwargs) -> bool:
+def job_begin(*, task, task_id: str, args, kwargs) -> bool:
     """Mark the job started for this delivery; False if it must not run.
 
     One conditional UPDATE: a job cancelled, expired or already finished
     (redelivered after its worker died between recording and acking) is not
     run again. A message published without Switchyard's submit path
-    (Celery-native) is recorded on first sight.
+    (Celery-native) is admitted on first sight (``jobs.admission``).
     """
     values = {
         "status": Job.Status.STARTED,
@@ -85,7 +59,8 @@ def job_begin(*, task, task_id: str, kwargs) -> bool:
     if Job.objects.filter(id=task_id).exists():
         logger.info("job %s is no longer runnable; its delivery is acknowledged unrun", task_id)
         return False
-    _record_unknown_job(task, task_id, kwargs)
+    if not job_admit_native(task=task, task_id=task_id, args=args, kwargs=kwargs):
+        return False
     return bool(runnable.update(**values))
 
 
@@ -93,7 +68,8 @@ def job_begin(*, task, task_id: str, kwargs) -> bool:
 def job_succeeded(sender=None, result=None, **_):
     if not _is_switchyard_task(sender):
         return
-    Job.objects.filter(id=sender.request.id).update(
+    # Only a started job moves on: a terminal state is never overwritten.
+    Job.objects.filter(id=sender.request.id, status=Job.Status.STARTED).update(
         status=Job.Status.SUCCEEDED, finished_at=timezone.now(), result=_jsonable(result),
         error="",
     )
@@ -103,7 +79,8 @@ def job_succeeded(sender=None, result=None, **_):
 def job_retrying(sender=None, request=None, reason=None, **_):
     if not _is_switchyard_task(sender):
         return
-    Job.objects.filter(id=request.id).update(status=Job.Status.RETRYING, error=str(reason)[:5000])
+    Job.objects.filter(id=request.id, status=Job.Status.STARTED).update(
+        status=Job.Status.RETRYING, error=str(reason)[:5000])
 
 
 @signals.task_revoked.connect
@@ -120,7 +97,7 @@ def job_expired(sender=None, request=None, expired=False, **_):
 def job_failed(sender=None, task_id=None, exception=None, **_):
     if not _is_switchyard_task(sender):
         return
-    Job.objects.filter(id=task_id).update(
+    Job.objects.filter(id=task_id, status=Job.Status.STARTED).update(
         status=Job.Status.FAILED, finished_at=timezone.now(),
         error=f"{type(exception).__name__}: {exception}"[:5000],
     )

@@ -166,6 +166,12 @@ def _check_quotas(tenant: Tenant, now: dt.datetime) -> None:
                             retry_after=retry_after)
 
 
+def publish_job(job: Job, producer=None) -> None:
+    """Publish ``job`` now with its recorded routing, and note it as published."""
+    _publish(job, producer=producer)
+    _mark_published([job.id])
+
+
 def _publish(job: Job, producer=None) -> None:
     app.send_task(
         job.task,

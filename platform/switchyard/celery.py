@@ -50,7 +50,7 @@ class SwitchyardTask(Task):
         if self.lane is not None and self.request.id and not self.request.called_directly:
             from jobs.recording import job_begin
 
-            if not job_begin(task=self, task_id=self.request.id, kwargs=kwargs):
+            if not job_begin(task=self, task_id=self.request.id, args=args, kwargs=kwargs):
                 raise Ignore()
         return super().__call__(*args, **kwargs)
 
