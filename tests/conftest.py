@@ -69,7 +69,7 @@ def topology_applied(broker_url: str) -> str:
 
 
 @pytest.fixture
-def lanes_empty(topology_applied: str, management: Management):
+def lanes_empty(topology_applied: str):
     """Purge every queue of the topology before and after a test."""
     from kombu import Connection
 

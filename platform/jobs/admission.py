@@ -20,6 +20,7 @@ such a message holds it to the tenant's record:
 """
 from __future__ import annotations
 
+import json
 import logging
 
 from celery.exceptions import Reject
@@ -35,14 +36,13 @@ from tenants.models import Tenant
 logger = logging.getLogger(__name__)
 
 
-def _jsonable_kwargs(kwargs) -> dict:
-    import json
-
+def jsonable(value):
+    """``value`` if JSON can store it, else its ``repr`` (a task may return anything)."""
     try:
-        json.dumps(kwargs)
+        json.dumps(value)
     except (TypeError, ValueError):
-        return {"repr": repr(kwargs)}
-    return dict(kwargs or {})
+        return repr(value)
+    return value
 
 
 def job_admit_native(*, task, task_id: str, args, kwargs) -> bool:
@@ -56,7 +56,7 @@ def job_admit_native(*, task, task_id: str, args, kwargs) -> bool:
     tenant_name = getattr(request, routing_celery.TENANT_HEADER, None) or ""
     now = timezone.now()
     job = Job(id=task_id, task=task.name, lane=task.lane, tenant_name=tenant_name[:63] or "-",
-              params=_jsonable_kwargs(kwargs), submitted_at=now, published_at=now,
+              params=jsonable(dict(kwargs or {})), submitted_at=now, published_at=now,
               expires_at=getattr(request, "expires", None) or None)
 
     tenant = Tenant.objects.filter(name=tenant_name).first() if tenant_name else None

@@ -8,14 +8,13 @@ transition, never a read-modify-write race between two deliveries.
 """
 from __future__ import annotations
 
-import json
 import logging
 
 from celery import signals
 from django.db.models import F
 from django.utils import timezone
 
-from jobs.admission import job_admit_native
+from jobs.admission import job_admit_native, jsonable
 from jobs.models import Job
 
 logger = logging.getLogger(__name__)
@@ -23,14 +22,6 @@ logger = logging.getLogger(__name__)
 
 def _is_switchyard_task(task) -> bool:
     return getattr(task, "lane", None) is not None
-
-
-def _jsonable(value):
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-    return value
 
 
 #: States from which a delivery may (re)start the job. ``started`` is included
@@ -70,7 +61,7 @@ def job_succeeded(sender=None, result=None, **_):
         return
     # Only a started job moves on: a terminal state is never overwritten.
     Job.objects.filter(id=sender.request.id, status=Job.Status.STARTED).update(
-        status=Job.Status.SUCCEEDED, finished_at=timezone.now(), result=_jsonable(result),
+        status=Job.Status.SUCCEEDED, finished_at=timezone.now(), result=jsonable(result),
         error="",
     )
 
