@@ -194,12 +194,10 @@ def _mark_published(job_ids: list) -> None:
 def _publish_after_commit(job: Job) -> None:
     """Publish now; on failure the job stays unpublished for the dispatcher."""
     try:
-        _publish(job)
+        publish_job(job)
     except Exception as exc:  # broker down or refusing: the dispatcher will retry
         logger.warning("job %s accepted but not yet published (%s); the dispatcher will "
                        "publish it", job.id, exc)
-        return
-    _mark_published([job.id])
 
 
 def job_submit(*, tenant: Tenant | None, task: str, params: Mapping[str, Any] | None = None,
@@ -323,12 +321,13 @@ def job_publish_due(*, now: dt.datetime | None = None, limit: int = 500) -> int:
                                              submitted_at__lte=now - PUBLISH_GRACE))
             .order_by("run_at", "submitted_at")[:limit]
         )
-        expired = [j.id for j in due if j.expires_at and j.expires_at <= now]
+        expired, ready = [], []
+        for job in due:
+            (expired if job.expires_at and job.expires_at <= now else ready).append(job)
         if expired:
-            Job.objects.filter(id__in=expired).update(
+            Job.objects.filter(id__in=[j.id for j in expired]).update(
                 status=Job.Status.EXPIRED, finished_at=now,
                 error="expired before it could be published")
-        ready = [j for j in due if j.id not in set(expired)]
         if ready:
             with app.producer_or_acquire() as producer:
                 for job in ready:
