@@ -74,7 +74,18 @@ def test_no_token_or_a_bad_one_is_401():
         ({"task": "demo.slow_task", "params": {"secs": 1}}, "params"),
         ({"task": "demo.slow_task", "params": "nope"}, "params"),
         ({"task": "demo.quick_task", "options": {"priority": 10}}, "options.priority"),
-        ({"task": "demo.quick_task", "options": {"link": "x"}}, "options.link"),
+        ({"task": "demo.quick_task", "options": {"link": "x"}}, "options.link.task"),
+        ({"task": "demo.quick_task", "options": {"link": 7}}, "options.link"),
+        ({"task": "demo.quick_task", "options": {"link_error": {
+            "task": "demo.slow_task", "params": {"seconds": -1}}}},
+         "options.link_error.params.seconds"),
+        ({"task": "demo.quick_task", "options": {"retry_policy": {"max_retries": 99}}},
+         "options.retry_policy.max_retries"),
+        ({"task": "demo.quick_task", "options": {"retry_policy": {"max_retries": 1,
+                                                                   "interval": 2}}},
+         "options.retry_policy.interval"),
+        ({"task": "demo.quick_task", "options": {"retry_policy": {}}},
+         "options.retry_policy.max_retries"),
         ({"task": "demo.quick_task", "options": {"eta": "2001-01-01T00:00:00Z"}}, "options.eta"),
         ({"task": "demo.quick_task", "options": {"countdown": 60, "expires": 30}},
          "options.expires"),
@@ -105,10 +116,11 @@ def test_body_that_is_not_json_or_too_big_is_400(acme, settings):
     assert resp.status_code == 415
     resp = acme.post("/api/v1/jobs", "{not json", content_type="application/json")
     assert resp.status_code == 400
-    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    settings.SWITCHYARD_MAX_BODY_BYTES = 1000
     big = {"task": "demo.quick_task", "params": {"x": "y" * 2000}}
     resp = acme.post("/api/v1/jobs", json.dumps(big), content_type="application/json")
     assert resp.status_code == 400
+    assert "at most 1000 bytes" in resp.json()["errors"]["body"][0]
     assert Job.objects.count() == 0
 
 

@@ -1,14 +1,19 @@
 """The job API end to end: HTTP in, a real broker, real workers and the dispatcher."""
 from __future__ import annotations
 
+import datetime as dt
+import subprocess
 import time
 import urllib.request
 
 import pytest
 from django.conf import settings
+from django.utils import timezone
+from kombu import Connection
 from rest_framework.test import APIClient
 
 from jobs.models import Job
+from jobs.services import publish_job
 from tenants.services import tenant_create
 from tests.processes import wait_until
 from tests.test_lanes import start_lane
@@ -106,6 +111,169 @@ def test_broker_down_accepts_and_publishes_once_the_broker_is_back(api, start_ro
     roles = [start_role("dispatcher"), start_lane(start_role, management, "quick", 1)]
     wait_until(lambda: Job.objects.get(id=job.id).status == "succeeded", 30,
                "the job accepted while the broker was down to run", roles=roles)
+
+
+def test_retry_policy_runs_again_until_success(api, start_role, management):
+    roles = [start_lane(start_role, management, "quick", 1), start_role("dispatcher")]
+    job_id = submit(api, {"task": "demo.flaky", "params": {"fail_runs": 2},
+                          "options": {"retry_policy": {"max_retries": 3, "backoff": 0.2}}})
+    wait_until(lambda: status_of(api, job_id)["status"] == "succeeded", 60, "retries",
+               roles=roles)
+    job = status_of(api, job_id)
+    assert (job["attempts"], job["result"], job["max_attempts"]) == (3, 3, 4)
+
+
+def test_exhausted_retries_fail_and_run_link_error(api, start_role, management):
+    roles = [start_lane(start_role, management, "quick", 1), start_role("dispatcher")]
+    job_id = submit(api, {"task": "demo.flaky", "params": {"fail_runs": 5}, "options": {
+        "retry_policy": {"max_retries": 1, "backoff": 0.1},
+        "link_error": {"task": "demo.quick_task", "params": {"x": "clean up"}}}})
+    wait_until(lambda: Job.objects.filter(parent_id=job_id, status="succeeded").first(), 60,
+               "the link_error job to run", roles=roles)
+    job = status_of(api, job_id)
+    assert (job["status"], job["attempts"]) == ("failed", 2)
+    assert "RuntimeError: run 2 of 5 planned failures" in job["error"]
+    assert Job.objects.get(parent_id=job_id).result == "clean up"
+
+
+def test_link_runs_after_success_for_the_same_tenant(api, start_role, management):
+    worker = start_lane(start_role, management, "quick", 1)
+    job_id = submit(api, {"task": "demo.quick_task", "params": {"x": 1},
+                          "options": {"link": {"task": "demo.quick_task", "params": {"x": 2}}}})
+    child = wait_until(lambda: Job.objects.filter(parent_id=job_id, status="succeeded").first(),
+                       30, "the linked job to run", roles=[worker])
+    assert child.result == 2 and child.tenant.name == "e2e"
+    assert status_of(api, job_id)["status"] == "succeeded"
+
+
+def test_a_job_published_twice_runs_once(api, start_role, management):
+    # Given two copies of one publication in the queue (the web's late publish
+    # after its deadline, and the dispatcher's)
+    job_id = submit(api, {"task": "demo.slow_task", "params": {"seconds": 1}})
+    job = wait_until(lambda: Job.objects.filter(id=job_id, published_at__isnull=False).first(),
+                     10, "publication")
+    Job.objects.filter(id=job_id).update(publications=0)
+    job.publications = 0
+    publish_job(job)
+    # And an older copy: a publication the record no longer knows
+    stale = Job.objects.get(id=job_id)
+    stale.publications = -1
+    publish_job(stale)
+    Job.objects.filter(id=job_id).update(publications=1)
+    wait_until(lambda: management.queue(settings.TEST_VHOST, "slow")["messages"] == 3, 10,
+               "three copies in the slow queue")
+    # When two worker processes take them at once
+    worker = start_lane(start_role, management, "slow", concurrency=2)
+    wait_until(lambda: Job.objects.get(id=job_id).status == "succeeded", 30, "the job",
+               roles=[worker])
+    wait_until(lambda: management.queue(settings.TEST_VHOST, "slow")["messages"] == 0, 30,
+               "every copy to be consumed", roles=[worker])
+    # Then it ran once
+    assert Job.objects.get(id=job_id).attempts == 1
+
+
+def test_a_job_whose_worker_was_lost_is_published_again_and_runs(api, start_role, management):
+    # Given a job recorded started long ago whose message is gone (its worker died)
+    job_id = submit(api, {"task": "demo.quick_task", "params": {"x": "again"}})
+    wait_until(lambda: Job.objects.get(id=job_id).published_at, 10, "publication")
+    with Connection(settings.CELERY_BROKER_URL) as conn:
+        conn.default_channel.queue_purge("quick")
+    Job.objects.filter(id=job_id).update(status="started", attempts=1, worker="gone@host",
+                                         started_at=timezone.now() - dt.timedelta(hours=1))
+    # When the dispatcher looks for lost jobs
+    roles = [start_role("dispatcher", SWITCHYARD_REAP_EVERY="1"),
+             start_lane(start_role, management, "quick", 1)]
+    # Then it is published again and runs
+    wait_until(lambda: status_of(api, job_id)["status"] == "succeeded", 30, "the lost job",
+               roles=roles)
+    job = status_of(api, job_id)
+    assert (job["attempts"], job["result"], job["error"]) == (2, "again", "")
+
+
+BATCH_ITEMS = 100_000
+
+
+def test_a_100000_item_batch_is_accepted_and_completed(api, start_role, management):
+    fail_at = set(range(7, BATCH_ITEMS, 10_000))
+    items = [{"data": f"img-{i:06d}.jpg", **({"fail": f"unreadable {i}"} if i in fail_at else {})}
+             for i in range(BATCH_ITEMS)]
+    resp = api.post("/api/v1/batches", {"task": "demo.checksum", "items": items}, format="json")
+    assert resp.status_code == 202, resp.json()
+    batch_id = resp.json()["id"]
+    assert resp.json()["chunk_count"] == 1000
+
+    roles = [start_role("dispatcher"), start_lane(start_role, management, "quick", 4)]
+    url = f"/api/v1/batches/{batch_id}"
+    wait_until(lambda: api.get(url).json()["status"] != "queued", 60, "the batch to start",
+               roles=roles)
+    running = api.get(url).json()
+    assert running["status"] in ("running", "completed_with_failures")
+    batch = wait_until(lambda: (b := api.get(url).json())["pending"] == 0 and b, 300,
+                       "the batch to finish", interval=1, roles=roles)
+    assert (batch["status"], batch["done"], batch["failed"], batch["percent"]) == (
+        "completed_with_failures", BATCH_ITEMS - len(fail_at), len(fail_at), 100.0)
+    assert [f["index"] for f in batch["failures"]] == sorted(fail_at)
+    assert batch["failures"][0] == {"index": 7, "item": items[7],
+                                    "error": "ValueError: unreadable 7"}
+    assert batch["chunks"]["succeeded"] == 1000
+
+
+def test_a_broker_blocked_by_a_resource_alarm_still_answers_within_2s(api, start_role,
+                                                                     management):
+    # Given the web up, with its broker connection already open
+    port = free_port()
+    web = start_role("web", WEB_BIND=f"127.0.0.1:{port}", WEB_WORKERS="1")
+    wait_until(lambda: _http(f"http://127.0.0.1:{port}/healthz") == 200, 60, "web", roles=[web])
+    assert _post_job(port, api.key)[0] == 202
+    # When RabbitMQ raises a memory alarm and blocks every publisher
+    with memory_alarm(management):
+        answers = []
+        for _ in range(2):
+            started = time.monotonic()
+            code, body = _post_job(port, api.key)
+            answers.append((code, time.monotonic() - started, body["id"]))
+            # recorded, and not published: the broker never confirmed it
+            assert Job.objects.get(id=body["id"]).published_at is None
+    # Then each submit was accepted within 2 s
+    assert all(code == 202 and took < 2.0 for code, took, _ in answers), answers
+    # And once the alarm clears, every job runs exactly once
+    roles = [start_role("dispatcher"), start_lane(start_role, management, "quick", 1)]
+    for _, _, job_id in answers:
+        wait_until(lambda j=job_id: Job.objects.get(id=j).status == "succeeded", 60,
+                   "a job accepted during the alarm", roles=roles + [web])
+        assert Job.objects.get(id=job_id).attempts == 1
+
+
+class memory_alarm:
+    """Set RabbitMQ's memory high watermark to 0 (every publisher blocked), then restore it."""
+
+    def __init__(self, management) -> None:
+        self.management = management
+
+    def _ctl(self, *args: str) -> str:
+        return subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True,
+                              text=True, timeout=60).stdout.strip()
+
+    def _alarmed(self) -> bool:
+        return any(node.get("mem_alarm") for node in self.management.get("nodes"))
+
+    def __enter__(self):
+        self.previous = self._ctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().")
+        self._ctl("set_vm_memory_high_watermark", "0")
+        try:
+            wait_until(self._alarmed, 30, "the memory alarm")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous.startswith("{absolute"):
+            self._ctl("set_vm_memory_high_watermark", "absolute",
+                      self.previous.strip("{}").split(",")[1].strip())
+        else:
+            self._ctl("set_vm_memory_high_watermark", self.previous)
+        wait_until(lambda: not self._alarmed(), 30, "the memory alarm to clear")
 
 
 def _http(url: str) -> int:

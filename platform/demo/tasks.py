@@ -1,13 +1,18 @@
-"""Diagnostic tasks from the head-of-line field report, usable by any tenant.
+"""Diagnostic tasks, usable by any tenant, to try the platform out.
 
 ``demo.slow_task`` occupies a slow-lane worker for a number of seconds;
 ``demo.quick_task`` answers at once. ``manage.py flood`` uses them to show that
-a slow backlog never delays the quick lane.
+a slow backlog never delays the quick lane. ``demo.flaky`` fails its first
+runs (to watch a retry policy work) and ``demo.checksum`` is a batch task
+whose items may ask to fail (to watch a batch report failed items).
 """
 from __future__ import annotations
 
+import hashlib
 import time
 
+from jobs.models import Job
+from switchyard.batch import batch_task
 from switchyard.celery import app
 
 #: A slow task may not ask to sleep longer than its lane's soft limit allows.
@@ -44,3 +49,42 @@ def slow_task(seconds: float = 1.0) -> float:
 def quick_task(x=None):
     """Return ``x`` at once: stands for a metadata lookup answered in milliseconds."""
     return x
+
+
+@app.task(
+    name="demo.flaky",
+    lane="quick",
+    bind=True,
+    params_schema={
+        "type": "object",
+        "properties": {"fail_runs": {"type": "integer", "minimum": 0, "maximum": 25}},
+        "additionalProperties": False,
+    },
+)
+def flaky(self, fail_runs: int = 1) -> int:
+    """Fail the first ``fail_runs`` runs, then succeed with the run number."""
+    run = Job.objects.values_list("attempts", flat=True).get(id=self.request.id)
+    if run <= fail_runs:
+        raise RuntimeError(f"run {run} of {fail_runs} planned failures")
+    return run
+
+
+@batch_task(
+    name="demo.checksum",
+    lane="quick",
+    item_schema={
+        "type": "object",
+        "properties": {
+            "data": {"type": "string", "maxLength": 65536},
+            "fail": {"type": "string", "maxLength": 200,
+                     "description": "fail this item with this message"},
+        },
+        "required": ["data"],
+        "additionalProperties": False,
+    },
+)
+def checksum(item: dict) -> str:
+    """SHA-256 of each item's ``data``; an item with ``fail`` fails with that message."""
+    if item.get("fail"):
+        raise ValueError(item["fail"])
+    return hashlib.sha256(item["data"].encode()).hexdigest()

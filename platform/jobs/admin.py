@@ -2,17 +2,11 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from jobs.models import Job
+from jobs.models import Batch, Job
 
 
-@admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
-    """Jobs are read-only here: they change only through services and workers."""
-
-    list_display = ("id", "task", "tenant_name", "lane", "tier", "priority", "status",
-                    "submitted_at", "finished_at")
-    list_filter = ("status", "lane", "tier", "task")
-    search_fields = ("id", "task", "tenant_name")
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Jobs and batches are read-only here: they change only through services and workers."""
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in self.model._meta.fields]
@@ -22,3 +16,19 @@ class JobAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(Job)
+class JobAdmin(ReadOnlyAdmin):
+    list_display = ("id", "task", "tenant_name", "lane", "tier", "priority", "routing_key",
+                    "status", "attempts", "submitted_at", "finished_at")
+    list_filter = ("status", "lane", "tier", "task")
+    search_fields = ("id", "task", "tenant_name", "batch__id")
+
+
+@admin.register(Batch)
+class BatchAdmin(ReadOnlyAdmin):
+    list_display = ("id", "task", "tenant_name", "lane", "tier", "priority", "total_items",
+                    "chunk_count", "submitted_at", "cancelled_at")
+    list_filter = ("lane", "tier", "task")
+    search_fields = ("id", "task", "tenant_name")

@@ -18,8 +18,10 @@ from jobs.selectors import job_get, job_list
 from jobs.services import (
     IdempotencyConflict,
     InvalidSubmission,
+    Link,
     NotCancellable,
     QuotaExceeded,
+    RetryPolicy,
     SubmitOptions,
     job_cancel,
     job_submit,
@@ -57,14 +59,89 @@ class ExpiresField(serializers.Field):
     default_error_messages = {"invalid": "must be seconds (a number) or an ISO 8601 time"}
 
 
+class RetryPolicySerializer(StrictSerializer):
+    max_retries = serializers.IntegerField(min_value=0, max_value=25)
+    backoff = serializers.FloatField(min_value=0, max_value=3600, default=1.0,
+                                     help_text="seconds before the first retry, doubled each time")
+    backoff_max = serializers.FloatField(min_value=0, max_value=86400, default=600.0,
+                                         help_text="longest wait between runs (seconds)")
+    jitter = serializers.BooleanField(default=True,
+                                      help_text="wait a random 50-100% of the backoff")
+
+    def to_internal_value(self, data):
+        return RetryPolicy(**super().to_internal_value(data))
+
+
+class LinkField(serializers.Field):
+    """A registered task run for the same tenant: ``"task.name"`` or ``{"task", "params"}``."""
+
+    default_error_messages = {"invalid": 'a task name, or {{"task": "...", "params": {{...}}}}'}
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            data = {"task": data}
+        if not isinstance(data, dict) or not isinstance(data.get("task"), str) or (
+                set(data) - {"task", "params"}):
+            self.fail("invalid")
+        task = catalogue_task(data["task"])
+        if task is None:
+            raise ValidationError({"task": [f"unknown task {data['task']!r}; see /api/v1/tasks"]})
+        params = data.get("params", {})
+        try:
+            validate_params(task, params)
+        except InvalidParams as exc:
+            raise ValidationError({exc.field: [exc.message]}) from exc
+        return Link(task=task.name, params=params)
+
+    def to_representation(self, value):
+        return value
+
+
+class OptionsSerializer(StrictSerializer):
+    """Celery's calling options, as the API accepts them."""
+
+    priority = serializers.IntegerField(min_value=0, max_value=9, required=False,
+                                        help_text="relative 0..9 inside the tenant's band")
+    countdown = serializers.FloatField(min_value=0, required=False, help_text="seconds")
+    eta = serializers.DateTimeField(required=False)
+    expires = ExpiresField(required=False)
+    retry_policy = RetryPolicySerializer(required=False)
+    link = LinkField(required=False, help_text="task run on success")
+    link_error = LinkField(required=False, help_text="task run when the job fails for good")
+
+    def to_submit_options(self) -> SubmitOptions:
+        return SubmitOptions(**self.validated_data)
+
+
+def parse_options(data, serializer_class=OptionsSerializer) -> SubmitOptions:
+    opts = serializer_class(data=data)
+    if not opts.is_valid():
+        raise ValidationError({"options": opts.errors})
+    return opts.to_submit_options()
+
+
+def idempotency_key(request) -> str:
+    key = request.headers.get(IDEMPOTENCY_HEADER, "")
+    if len(key) > 255:
+        raise ValidationError({IDEMPOTENCY_HEADER: ["at most 255 characters"]})
+    return key
+
+
+def quota_exceeded(exc: QuotaExceeded) -> Response:
+    return Response({"detail": f"quota exceeded: {exc}"},
+                    status=status.HTTP_429_TOO_MANY_REQUESTS,
+                    headers={"Retry-After": str(exc.retry_after)})
+
+
 class JobOutputSerializer(serializers.ModelSerializer):
     status_url = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
         fields = ["id", "task", "status", "lane", "tier", "priority", "routing_key", "params",
-                  "attempts", "result", "error", "submitted_at", "run_at", "expires_at",
-                  "started_at", "finished_at", "status_url"]
+                  "attempts", "max_attempts", "result", "error", "submitted_at", "run_at",
+                  "expires_at", "started_at", "finished_at", "retry_policy", "link",
+                  "link_error", "parent", "batch", "chunk_index", "status_url"]
 
     def get_status_url(self, job: Job) -> str:
         return self.context["request"].build_absolute_uri(
@@ -81,13 +158,6 @@ class JobPagination(CursorPagination):
 class JobListSubmitApi(APIView):
     """``POST /api/v1/jobs`` submits; ``GET /api/v1/jobs`` lists the caller's jobs."""
 
-    class OptionsSerializer(StrictSerializer):
-        priority = serializers.IntegerField(min_value=0, max_value=9, required=False,
-                                            help_text="relative 0..9 inside the tenant's band")
-        countdown = serializers.FloatField(min_value=0, required=False, help_text="seconds")
-        eta = serializers.DateTimeField(required=False)
-        expires = ExpiresField(required=False)
-
     class InputSerializer(StrictSerializer):
         task = serializers.CharField(max_length=200)
         params = serializers.DictField(required=False, default=dict)
@@ -97,6 +167,7 @@ class JobListSubmitApi(APIView):
         status = serializers.ChoiceField(choices=Job.Status.choices, required=False)
         task = serializers.CharField(required=False)
         lane = serializers.ChoiceField(choices=list(topology.LANES_BY_NAME), required=False)
+        batch = serializers.UUIDField(required=False, help_text="only this batch's chunks")
 
     @extend_schema(request=InputSerializer, responses={202: JobOutputSerializer},
                    parameters=[OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER,
@@ -111,24 +182,17 @@ class JobListSubmitApi(APIView):
         try:
             validate_params(task, data["params"])
         except InvalidParams as exc:
-            raise ValidationError({exc.field: [str(exc).split(": ", 1)[1]]}) from exc
-        opts = self.OptionsSerializer(data=data["options"])
-        if not opts.is_valid():
-            raise ValidationError({"options": opts.errors})
-        key = request.headers.get(IDEMPOTENCY_HEADER, "")
-        if len(key) > 255:
-            raise ValidationError({IDEMPOTENCY_HEADER: ["at most 255 characters"]})
+            raise ValidationError({exc.field: [exc.message]}) from exc
+        options = parse_options(data["options"])
+        key = idempotency_key(request)
         try:
             job, created = job_submit(tenant=request.auth, task=task.name,
-                                      params=data["params"],
-                                      options=SubmitOptions(**opts.validated_data),
+                                      params=data["params"], options=options,
                                       idempotency_key=key)
         except InvalidSubmission as exc:
             raise ValidationError({exc.field: [exc.message]}) from exc
         except QuotaExceeded as exc:
-            return Response({"detail": f"quota exceeded: {exc}"},
-                            status=status.HTTP_429_TOO_MANY_REQUESTS,
-                            headers={"Retry-After": str(exc.retry_after)})
+            return quota_exceeded(exc)
         except IdempotencyConflict as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         headers = {"Location": reverse("jobs:job-detail", kwargs={"job_id": job.id})}
@@ -184,6 +248,8 @@ class TaskCatalogueApi(APIView):
         lane = serializers.CharField()
         description = serializers.CharField()
         params_schema = serializers.DictField()
+        accepts_batches = serializers.BooleanField()
+        item_schema = serializers.DictField(allow_null=True)
 
     @extend_schema(responses={200: OutputSerializer(many=True)})
     def get(self, request):

@@ -1,4 +1,9 @@
-"""The job record: Switchyard's system of record for every task it accepted."""
+"""The job record: Switchyard's system of record for every task it accepted.
+
+A ``Batch`` is a set of items split into chunks; each chunk is one ``Job`` of the
+batch's task, so a batch's progress is read from its chunks' records (no chord,
+no counter to keep in step).
+"""
 from __future__ import annotations
 
 import uuid
@@ -53,15 +58,48 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    retry_policy = models.JSONField(
+        null=True, blank=True, help_text="max_retries, backoff, backoff_max, jitter (seconds)."
+    )
+    max_attempts = models.PositiveSmallIntegerField(
+        default=1, help_text="1 + retry_policy.max_retries: runs allowed for failures."
+    )
+    publications = models.PositiveIntegerField(
+        default=0, help_text="Times handed to the broker; an older message is not run."
+    )
+    link = models.JSONField(null=True, blank=True, help_text="{task, params} run on success.")
+    link_error = models.JSONField(
+        null=True, blank=True, help_text="{task, params} run when the job fails for good."
+    )
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children",
+        help_text="The job whose link or link_error submitted this one.",
+    )
+    batch = models.ForeignKey(
+        "jobs.Batch", null=True, blank=True, on_delete=models.CASCADE, related_name="chunks"
+    )
+    chunk_index = models.PositiveIntegerField(null=True, blank=True)
+    item_offset = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Index of the chunk's first item in its batch."
+    )
+    item_count = models.PositiveIntegerField(null=True, blank=True)
+    failed_items = models.PositiveIntegerField(
+        default=0, help_text="Items the chunk's task reported failed."
+    )
+
     class Meta:
         ordering = ["-submitted_at"]
         indexes = [
+            models.Index(fields=["batch", "chunk_index"]),
+            models.Index(fields=["status", "started_at"], name="jobs_started",
+                         condition=models.Q(status="started")),
             models.Index(fields=["tenant", "status"]),
             models.Index(fields=["lane", "status"]),
             models.Index(fields=["status", "finished_at"]),
             # The dispatcher's scan: queued jobs not yet handed to the broker.
-            models.Index(fields=["run_at"], name="jobs_unpublished",
-                         condition=models.Q(published_at__isnull=True, status="queued")),
+            models.Index(fields=["run_at"], name="jobs_unpublished_waiting",
+                         condition=models.Q(published_at__isnull=True,
+                                            status__in=["queued", "retrying"])),
         ]
         constraints = [
             models.UniqueConstraint(fields=["tenant", "idempotency_key"], name="jobs_idempotency",
@@ -70,3 +108,35 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task} [{self.status}] {self.id}"
+
+
+class Batch(models.Model):
+    """Items submitted together for one task, run as chunks (one job per chunk)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="batches")
+    tenant_name = models.CharField(max_length=63)
+    task = models.CharField(max_length=200)
+    lane = models.CharField(max_length=32)
+    tier = models.CharField(max_length=16)
+    priority = models.PositiveSmallIntegerField()
+    total_items = models.PositiveIntegerField()
+    chunk_size = models.PositiveIntegerField()
+    chunk_count = models.PositiveIntegerField()
+    options = models.JSONField(default=dict, blank=True, help_text="The options as accepted.")
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True)
+    submitted_at = models.DateTimeField()
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-submitted_at"]
+        indexes = [models.Index(fields=["tenant", "submitted_at"])]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "idempotency_key"],
+                                    name="batches_idempotency",
+                                    condition=~models.Q(idempotency_key="")),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task} x{self.total_items} {self.id}"

@@ -16,6 +16,15 @@ from django.utils import timezone
 
 from jobs.admission import job_admit_native, jsonable
 from jobs.models import Job
+from jobs.services import (
+    LINK_HEADER,
+    LOST_DELIVERY_ALLOWANCE,
+    PUBLICATION_HEADER,
+    job_record_dead,
+    job_record_failure,
+    job_record_success,
+)
+from switchyard.celery import PermanentFailure
 
 logger = logging.getLogger(__name__)
 
@@ -24,35 +33,51 @@ def _is_switchyard_task(task) -> bool:
     return getattr(task, "lane", None) is not None
 
 
-#: States from which a delivery may (re)start the job. ``started`` is included
-#: because a worker that died mid-task leaves its job there, and the
-#: redelivered message must run it again.
+#: States from which a delivery may (re)start the job. ``started`` too for a
+#: redelivery (the broker's ``redelivered`` flag): a worker that died mid-task
+#: leaves its job there, and the requeued message must run it again.
 RUNNABLE = (Job.Status.QUEUED, Job.Status.RETRYING, Job.Status.STARTED)
+WAITING = (Job.Status.QUEUED, Job.Status.RETRYING)
 
 
 def job_begin(*, task, task_id: str, args, kwargs) -> bool:
     """Mark the job started for this delivery; False if it must not run.
 
-    One conditional UPDATE: a job cancelled, expired or already finished
-    (redelivered after its worker died between recording and acking) is not
-    run again. A message published without Switchyard's submit path
+    One conditional UPDATE. Not run: a job cancelled, expired or finished; a
+    fresh copy of a job already started (the same job published twice, e.g.
+    by the web after its deadline and by the dispatcher); a copy older than the
+    job's latest publication (``switchyard_publication`` header); a job past
+    its deliveries (``max_attempts`` plus ``LOST_DELIVERY_ALLOWANCE``), which
+    is marked ``dead``. A message published without Switchyard's submit path
     (Celery-native) is admitted on first sight (``jobs.admission``).
     """
+    request = task.request
+    redelivered = bool((request.delivery_info or {}).get("redelivered"))
     values = {
         "status": Job.Status.STARTED,
         "started_at": timezone.now(),
         "attempts": F("attempts") + 1,
-        "worker": task.request.hostname or "",
+        "worker": request.hostname or "",
     }
-    runnable = Job.objects.filter(id=task_id, status__in=RUNNABLE)
-    if runnable.update(**values):
+    runnable = Job.objects.filter(id=task_id, status__in=RUNNABLE if redelivered else WAITING)
+    publication = getattr(request, PUBLICATION_HEADER, None)
+    if isinstance(publication, int):
+        runnable = runnable.filter(publications__lte=publication)
+    allowed = runnable.filter(attempts__lt=F("max_attempts") + LOST_DELIVERY_ALLOWANCE)
+    if allowed.update(**values):
         return True
-    if Job.objects.filter(id=task_id).exists():
-        logger.info("job %s is no longer runnable; its delivery is acknowledged unrun", task_id)
+    job = Job.objects.select_related("tenant").filter(id=task_id).first()
+    if job is not None:
+        if runnable.exists():  # runnable but out of deliveries: it kills its worker
+            job_record_dead(job=job, runnable=RUNNABLE, reason=(
+                f"gave up after {job.attempts} deliveries without an outcome (the worker was "
+                "lost each time)"))
+        logger.info("job %s (%s) is not runnable by this delivery; acknowledged unrun",
+                    task_id, job.status)
         return False
     if not job_admit_native(task=task, task_id=task_id, args=args, kwargs=kwargs):
         return False
-    return bool(runnable.update(**values))
+    return bool(allowed.update(**values))
 
 
 @signals.task_success.connect
@@ -60,10 +85,12 @@ def job_succeeded(sender=None, result=None, **_):
     if not _is_switchyard_task(sender):
         return
     # Only a started job moves on: a terminal state is never overwritten.
-    Job.objects.filter(id=sender.request.id, status=Job.Status.STARTED).update(
-        status=Job.Status.SUCCEEDED, finished_at=timezone.now(), result=jsonable(result),
-        error="",
-    )
+    failed_items = 0
+    if getattr(sender, "item_schema", None) is not None and isinstance(result, dict):
+        failed_items = len(result.get("failed") or ())
+    job_record_success(job_id=sender.request.id, result=jsonable(result),
+                       failed_items=failed_items,
+                       has_link=bool(getattr(sender.request, LINK_HEADER, False)))
 
 
 @signals.task_retry.connect
@@ -86,9 +113,8 @@ def job_expired(sender=None, request=None, expired=False, **_):
 
 @signals.task_failure.connect
 def job_failed(sender=None, task_id=None, exception=None, **_):
+    """Sent for an exception in the task and, by Celery 5.7, for a hard time limit."""
     if not _is_switchyard_task(sender):
         return
-    Job.objects.filter(id=task_id, status=Job.Status.STARTED).update(
-        status=Job.Status.FAILED, finished_at=timezone.now(),
-        error=f"{type(exception).__name__}: {exception}"[:5000],
-    )
+    job_record_failure(job_id=task_id, error=f"{type(exception).__name__}: {exception}",
+                       retryable=not isinstance(exception, PermanentFailure))

@@ -8,8 +8,10 @@ from tenants.models import Tenant
 
 
 def job_list(*, tenant: Tenant, status: str | None = None, task: str | None = None,
-             lane: str | None = None) -> QuerySet[Job]:
+             lane: str | None = None, batch=None) -> QuerySet[Job]:
     jobs = Job.objects.filter(tenant=tenant)
+    if batch:
+        jobs = jobs.filter(batch_id=batch)
     if status:
         jobs = jobs.filter(status=status)
     if task:

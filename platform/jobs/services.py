@@ -13,12 +13,16 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 import routing.celery_config as routing_celery
@@ -62,6 +66,37 @@ class IdempotencyConflict(Exception):
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """Runs again after a failure, up to ``max_retries`` times.
+
+    The n-th retry waits ``backoff * 2**(n-1)`` seconds, capped at
+    ``backoff_max``; with ``jitter`` the wait is drawn from its upper half, so
+    jobs that failed together do not all come back in the same second. A
+    waiting retry sits in the job table (status ``retrying``), not in a worker's
+    memory, and the dispatcher publishes it when due.
+    """
+
+    max_retries: int
+    backoff: float = 1.0
+    backoff_max: float = 600.0
+    jitter: bool = True
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based)."""
+        wait = min(self.backoff_max, self.backoff * 2 ** max(0, retry - 1))
+        return random.uniform(wait / 2, wait) if self.jitter else wait
+
+
+@dataclass(frozen=True)
+class Link:
+    """A task to submit for the same tenant when a job succeeds (``link``) or
+    fails for good (``link_error``), with its own parameters."""
+
+    task: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SubmitOptions:
     """How a job is to run. ``priority`` is relative (0..9) inside the tenant's band;
     ``countdown`` is seconds from now; ``eta`` and ``expires`` are absolute times
@@ -72,6 +107,9 @@ class SubmitOptions:
     countdown: float | None = None
     eta: dt.datetime | None = None
     expires: dt.datetime | float | None = None
+    retry_policy: RetryPolicy | None = None
+    link: Link | None = None
+    link_error: Link | None = None
 
 
 def task_lane(task: str) -> topology.Lane:
@@ -83,7 +121,7 @@ def task_lane(task: str) -> topology.Lane:
     return topology.lane(lane_name)
 
 
-def _schedule(options: SubmitOptions, now: dt.datetime) -> tuple[dt.datetime | None,
+def schedule_of(options: SubmitOptions, now: dt.datetime) -> tuple[dt.datetime | None,
                                                                    dt.datetime | None]:
     """``(run_at, expires_at)`` from the options, validated against ``now``."""
     if options.priority is not None and not (
@@ -128,13 +166,15 @@ def _aware(value: dt.datetime, field: str) -> dt.datetime:
     return value
 
 
-def _fingerprint(task: str, params: Mapping[str, Any], options: SubmitOptions) -> str:
-    raw = json.dumps([task, params, options.__dict__], sort_keys=True, default=str)
+def fingerprint(*parts: Any) -> str:
+    """SHA-256 of a request, to tell a replay from a different request under one key."""
+    raw = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def _new_job(*, tenant: Tenant | None, task: str, params: Mapping[str, Any],
-             priority: int | None, now: dt.datetime) -> Job:
+def new_job(*, tenant: Tenant | None, task: str, params: Mapping[str, Any],
+             priority: int | None, now: dt.datetime, absolute_priority: int | None = None,
+             ) -> Job:
     ln = task_lane(task)
     tier = priorities.tier(tenant.tier) if tenant else priorities.DEFAULT_TIER
     return Job(
@@ -143,61 +183,112 @@ def _new_job(*, tenant: Tenant | None, task: str, params: Mapping[str, Any],
         task=task,
         lane=ln.name,
         tier=tier.name,
-        priority=tier.place(priority),
+        priority=tier.clamp(absolute_priority) if absolute_priority is not None
+        else tier.place(priority),
         routing_key=topology.routing_key(ln.name, tier.name, task),
         params=dict(params),
         submitted_at=now,
     )
 
 
-def _check_quotas(tenant: Tenant, now: dt.datetime) -> None:
+def apply_run_options(job: Job, options: SubmitOptions) -> None:
+    """Copy what happens after a run (retries, links) from ``options`` onto ``job``."""
+    if options.retry_policy is not None:
+        job.retry_policy = asdict(options.retry_policy)
+        job.max_attempts = 1 + options.retry_policy.max_retries
+    job.link = asdict(options.link) if options.link else None
+    job.link_error = asdict(options.link_error) if options.link_error else None
+
+
+def check_quotas(tenant: Tenant, now: dt.datetime, *, adding: int = 1) -> None:
+    """Raise ``QuotaExceeded`` if ``adding`` more waiting jobs (one submission)
+    would break the tenant's quotas. A batch is one submission of many jobs."""
     waiting = Job.objects.filter(
         tenant=tenant, status__in=(Job.Status.QUEUED, Job.Status.RETRYING)
     ).count()
-    if waiting >= tenant.max_queued_jobs:
-        raise QuotaExceeded(f"{waiting} jobs are waiting, the quota is {tenant.max_queued_jobs}",
-                            retry_after=30)
+    if waiting + adding > tenant.max_queued_jobs:
+        raise QuotaExceeded(f"{waiting} jobs are waiting and this adds {adding}; the quota is "
+                            f"{tenant.max_queued_jobs}", retry_after=30)
     window = now - dt.timedelta(seconds=60)
-    recent = Job.objects.filter(tenant=tenant, submitted_at__gt=window)
-    if recent.count() >= tenant.submissions_per_minute:
-        oldest = recent.order_by("submitted_at").values_list("submitted_at", flat=True).first()
+    recent = list(
+        Job.objects.filter(tenant=tenant, submitted_at__gt=window, batch__isnull=True)
+        .values_list("submitted_at", flat=True)
+        .order_by("submitted_at")[:tenant.submissions_per_minute]
+    )
+    recent += list(tenant.batches.filter(submitted_at__gt=window)
+                   .values_list("submitted_at", flat=True)[:tenant.submissions_per_minute])
+    if len(recent) >= tenant.submissions_per_minute:
+        oldest = min(recent)
         retry_after = max(1, int((oldest + dt.timedelta(seconds=60) - now).total_seconds()) + 1)
         raise QuotaExceeded(f"more than {tenant.submissions_per_minute} submissions in 60 s",
                             retry_after=retry_after)
 
 
-def publish_job(job: Job, producer=None) -> None:
+#: Message header carrying the job's publication number: a delivery whose number
+#: is below the job record's is a stale copy and is acknowledged unrun.
+PUBLICATION_HEADER = "switchyard_publication"
+#: Set on messages of jobs with a ``link``: the worker looks the link up on success.
+LINK_HEADER = "switchyard_link"
+
+
+def publish_job(job: Job, producer=None, **publish_options) -> None:
     """Publish ``job`` now with its recorded routing, and note it as published."""
-    _publish(job, producer=producer)
-    _mark_published([job.id])
+    job.publications += 1
+    _publish(job, producer=producer, **publish_options)
+    Job.objects.filter(id=job.id).update(published_at=timezone.now(),
+                                         publications=job.publications)
 
 
-def _publish(job: Job, producer=None) -> None:
+def _publish(job: Job, producer=None, **publish_options) -> None:
+    headers = {routing_celery.TENANT_HEADER: job.tenant_name,
+               routing_celery.TIER_HEADER: job.tier,
+               PUBLICATION_HEADER: job.publications}
+    if job.link:
+        headers[LINK_HEADER] = 1
     app.send_task(
         job.task,
         kwargs=job.params,
         task_id=str(job.id),
         priority=job.priority,
         expires=job.expires_at,
-        headers={routing_celery.TENANT_HEADER: job.tenant_name,
-                 routing_celery.TIER_HEADER: job.tier},
+        headers=headers,
         producer=producer,
+        **publish_options,
     )
 
 
-def _mark_published(job_ids: list) -> None:
-    Job.objects.filter(id__in=job_ids, published_at__isnull=True).update(
-        published_at=timezone.now()
-    )
+#: One thread publishes for the web, so a request can stop waiting for a broker
+#: that blocks (resource alarm) or hangs: the publish gets a deadline whatever
+#: stage it is stuck in (connect, channel open, confirm).
+_web_publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="switchyard-publish")
 
 
 def _publish_after_commit(job: Job) -> None:
-    """Publish now; on failure the job stays unpublished for the dispatcher."""
+    """Publish within ``SWITCHYARD_PUBLISH_DEADLINE`` seconds, else leave it to the dispatcher.
+
+    The broker call runs on the publisher thread; the database is only touched
+    here. A publish that finishes after the deadline has still put the message
+    in the broker: the dispatcher then publishes it again, and the worker runs
+    whichever copy comes first and acknowledges the other unrun (``job_begin``).
+    """
+    deadline = settings.SWITCHYARD_PUBLISH_DEADLINE
+    job.publications += 1
+    options = {"retry": True, "confirm_timeout": deadline / 2, "timeout": deadline / 2,
+               "retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.1,
+                                "interval_max": 0.1}}
+    future = _web_publisher.submit(_publish, job, **options)
     try:
-        publish_job(job)
+        future.result(timeout=deadline)
+    except FutureTimeout:
+        logger.warning("job %s accepted; the broker did not confirm within %.1f s (blocked "
+                       "or slow), the dispatcher will publish it", job.id, deadline)
+        return
     except Exception as exc:  # broker down or refusing: the dispatcher will retry
         logger.warning("job %s accepted but not yet published (%s); the dispatcher will "
                        "publish it", job.id, exc)
+        return
+    Job.objects.filter(id=job.id).update(published_at=timezone.now(),
+                                         publications=job.publications)
 
 
 def job_submit(*, tenant: Tenant | None, task: str, params: Mapping[str, Any] | None = None,
@@ -214,19 +305,27 @@ def job_submit(*, tenant: Tenant | None, task: str, params: Mapping[str, Any] | 
     options = options or SubmitOptions(priority=priority)
     params = dict(params or {})
     now = timezone.now()
-    run_at, expires_at = _schedule(options, now)
-    job = _new_job(tenant=tenant, task=task, params=params, priority=options.priority, now=now)
+    run_at, expires_at = schedule_of(options, now)
+    for name in ("link", "link_error"):
+        linked = getattr(options, name)
+        if linked is not None:
+            try:
+                task_lane(linked.task)
+            except UnknownTask as exc:
+                raise InvalidSubmission(f"options.{name}.task", str(exc)) from None
+    job = new_job(tenant=tenant, task=task, params=params, priority=options.priority, now=now)
     job.run_at, job.expires_at = run_at, expires_at
+    apply_run_options(job, options)
     if idempotency_key:
         job.idempotency_key = idempotency_key
-        job.request_fingerprint = _fingerprint(task, params, options)
+        job.request_fingerprint = fingerprint(task, params, asdict(options))
         existing = _idempotent_replay(tenant, idempotency_key, job.request_fingerprint)
         if existing:
             return existing, False
     try:
         with transaction.atomic():
             if tenant is not None:
-                _check_quotas(tenant, now)
+                check_quotas(tenant, now)
             job.save(force_insert=True)
             if run_at is None:
                 transaction.on_commit(lambda: _publish_after_commit(job))
@@ -239,11 +338,11 @@ def job_submit(*, tenant: Tenant | None, task: str, params: Mapping[str, Any] | 
     return job, True
 
 
-def _idempotent_replay(tenant: Tenant | None, key: str, fingerprint: str) -> Job | None:
+def _idempotent_replay(tenant: Tenant | None, key: str, expected: str) -> Job | None:
     if not key:
         return None
     existing = Job.objects.filter(tenant=tenant, idempotency_key=key).first()
-    if existing and existing.request_fingerprint != fingerprint:
+    if existing and existing.request_fingerprint != expected:
         raise IdempotencyConflict(
             f"Idempotency-Key {key!r} was used for a different request (job {existing.id})")
     return existing
@@ -267,13 +366,15 @@ def job_submit_many(*, tenant: Tenant | None, task: str, params_list: Iterable[M
             Job.objects.bulk_create(batch)
         with app.producer_or_acquire() as producer:
             for job in batch:
+                job.publications = 1
                 _publish(job, producer=producer)
-        _mark_published([job.id for job in batch])
+        Job.objects.filter(id__in=[job.id for job in batch]).update(
+            published_at=timezone.now(), publications=1)
         total += len(batch)
         batch.clear()
 
     for params in params_list:
-        batch.append(_new_job(tenant=tenant, task=task, params=params, priority=priority,
+        batch.append(new_job(tenant=tenant, task=task, params=params, priority=priority,
                               now=timezone.now()))
         if len(batch) >= chunk:
             flush()
@@ -301,22 +402,27 @@ def job_cancel(*, job: Job) -> Job:
     return job
 
 
-def job_publish_due(*, now: dt.datetime | None = None, limit: int = 500) -> int:
-    """Publish queued jobs that are due and not yet published; return how many.
+#: How long the dispatcher waits for a confirm before giving the pass up.
+DISPATCH_CONFIRM_TIMEOUT = 10.0
 
-    Due means: ``run_at`` passed (countdown, eta), or an immediate job the web
-    could not publish within ``PUBLISH_GRACE``. Jobs whose expiry passed while
-    they waited are marked expired, not published. Rows are locked with SKIP
-    LOCKED so several dispatchers never publish the same job; a dispatcher
-    dying between publishing and committing republishes at most ``limit`` jobs
-    (at-least-once), and the worker's job_begin runs each only once it is
-    still runnable.
+
+def job_publish_due(*, now: dt.datetime | None = None, limit: int = 500) -> int:
+    """Publish waiting jobs that are due and not yet published; return how many.
+
+    Due means: ``run_at`` passed (countdown, eta, a retry's backoff, a batch
+    chunk), or an immediate job the web could not publish within
+    ``PUBLISH_GRACE``. Jobs whose expiry passed while they waited are marked
+    expired, not published. Rows are locked with SKIP LOCKED so several
+    dispatchers never publish the same job; a dispatcher dying between
+    publishing and committing republishes at most ``limit`` jobs
+    (at-least-once), and the worker's job_begin runs each only once.
     """
     now = now or timezone.now()
     with transaction.atomic():
         due = list(
             Job.objects.select_for_update(skip_locked=True)
-            .filter(published_at__isnull=True, status=Job.Status.QUEUED)
+            .filter(published_at__isnull=True,
+                    status__in=(Job.Status.QUEUED, Job.Status.RETRYING))
             .filter(Q(run_at__lte=now) | Q(run_at__isnull=True,
                                              submitted_at__lte=now - PUBLISH_GRACE))
             .order_by("run_at", "submitted_at")[:limit]
@@ -331,13 +437,131 @@ def job_publish_due(*, now: dt.datetime | None = None, limit: int = 500) -> int:
         if ready:
             with app.producer_or_acquire() as producer:
                 for job in ready:
-                    _publish(job, producer=producer)
-            Job.objects.filter(id__in=[j.id for j in ready]).update(published_at=now)
+                    job.publications += 1
+                    _publish(job, producer=producer, confirm_timeout=DISPATCH_CONFIRM_TIMEOUT)
+            Job.objects.filter(id__in=[j.id for j in ready]).update(
+                published_at=now, publications=F("publications") + 1)
     return len(ready)
 
 
+#: Deliveries allowed beyond ``max_attempts`` for runs that never reported an
+#: outcome (worker killed, machine lost). Past it the job is ``dead``: a message
+#: that kills its worker every time must not cycle for ever.
+LOST_DELIVERY_ALLOWANCE = 2
+#: A started job silent for its lane's hard time limit plus this is lost.
+REAP_GRACE = dt.timedelta(minutes=2)
+
+
+def _publish_from_worker(job: Job) -> None:
+    try:
+        publish_job(job)
+    except Exception as exc:  # the dispatcher publishes it after PUBLISH_GRACE
+        logger.warning("follow-up job %s recorded but not yet published (%s)", job.id, exc)
+
+
+def _submit_followup(parent: Job, spec: Mapping[str, Any]) -> Job | None:
+    """Submit ``parent``'s link or link_error for the same tenant, published after commit."""
+    try:
+        child = new_job(tenant=parent.tenant, task=spec["task"], params=spec.get("params") or {},
+                         priority=None, absolute_priority=parent.priority, now=timezone.now())
+    except UnknownTask:  # unregistered since the parent was accepted
+        logger.error("job %s: linked task %r is no longer registered", parent.id, spec["task"])
+        return None
+    child.parent = parent
+    child.save(force_insert=True)
+    transaction.on_commit(lambda: _publish_from_worker(child))
+    return child
+
+
+def job_record_success(*, job_id, result: Any, failed_items: int = 0,
+                       has_link: bool = False) -> bool:
+    """``started`` → ``succeeded``; submits the job's ``link``. False if it was not started."""
+    with transaction.atomic():
+        updated = Job.objects.filter(id=job_id, status=Job.Status.STARTED).update(
+            status=Job.Status.SUCCEEDED, finished_at=timezone.now(), result=result, error="",
+            failed_items=failed_items)
+        if updated and has_link:
+            job = Job.objects.select_related("tenant").get(id=job_id)
+            if job.link:
+                _submit_followup(job, job.link)
+    return bool(updated)
+
+
+def job_record_failure(*, job_id, error: str, retryable: bool = True) -> str | None:
+    """A started job failed: ``retrying`` (published again after its backoff)
+    while its retry policy allows, else ``failed`` and its ``link_error`` is
+    submitted. Returns the new status, or None if the job was not started."""
+    job = Job.objects.select_related("tenant").filter(id=job_id,
+                                                      status=Job.Status.STARTED).first()
+    if job is None:
+        return None
+    now = timezone.now()
+    error = error[:5000]
+    started = Job.objects.filter(id=job.id, status=Job.Status.STARTED)
+    if retryable and job.retry_policy and job.attempts < job.max_attempts:
+        wait = RetryPolicy(**job.retry_policy).delay(job.attempts)
+        updated = started.update(status=Job.Status.RETRYING, error=error, published_at=None,
+                                 run_at=now + dt.timedelta(seconds=wait))
+        return Job.Status.RETRYING if updated else None
+    with transaction.atomic():
+        updated = started.update(status=Job.Status.FAILED, finished_at=now, error=error)
+        if updated and job.link_error:
+            _submit_followup(job, job.link_error)
+    return Job.Status.FAILED if updated else None
+
+
+def job_record_dead(*, job: Job, reason: str, runnable=()) -> bool:
+    """Mark ``job`` dead (if still in ``runnable``) and submit its ``link_error``."""
+    with transaction.atomic():
+        updated = Job.objects.filter(id=job.id, status__in=runnable).update(
+            status=Job.Status.DEAD, finished_at=timezone.now(), error=reason[:5000])
+        if updated and job.link_error:
+            _submit_followup(job, job.link_error)
+    return bool(updated)
+
+
+def job_reap_lost(*, now: dt.datetime | None = None, limit: int = 500) -> tuple[int, int]:
+    """Find started jobs whose run can no longer be going on; return ``(requeued, dead)``.
+
+    A run is over once its lane's hard time limit has passed (the worker kills
+    it there and records the failure). A job still ``started`` after that plus
+    ``REAP_GRACE`` lost its outcome (worker or machine gone, outcome not
+    written). It is published again, with a new publication number so an old
+    copy still in the queue is not run too; past ``max_attempts +
+    LOST_DELIVERY_ALLOWANCE`` deliveries it is ``dead`` instead.
+    """
+    now = now or timezone.now()
+    requeued = dead = 0
+    for ln in topology.LANES:
+        cutoff = now - dt.timedelta(seconds=ln.time_limit) - REAP_GRACE
+        with transaction.atomic():
+            lost = list(Job.objects.select_for_update(skip_locked=True, of=("self",))
+                        .select_related("tenant")
+                        .filter(status=Job.Status.STARTED, lane=ln.name, started_at__lt=cutoff)
+                        [:limit])
+            for job in lost:
+                silent = int((now - job.started_at).total_seconds())
+                where = f"on {job.worker}" if job.worker else ""
+                if job.attempts >= job.max_attempts + LOST_DELIVERY_ALLOWANCE:
+                    dead += job_record_dead(job=job, runnable=(Job.Status.STARTED,), reason=(
+                        f"lost: no outcome {silent} s after delivery {job.attempts} started "
+                        f"{where}; no deliveries left"))
+                    continue
+                Job.objects.filter(id=job.id).update(
+                    status=Job.Status.QUEUED, published_at=None, run_at=None,
+                    error=f"delivery {job.attempts} {where} gave no outcome in {silent} s "
+                          "(worker lost); published again")
+                requeued += 1
+        if lost:
+            logger.warning("lane %s: %d lost job(s) handled (requeued so far %d, dead %d)",
+                           ln.name, len(lost), requeued, dead)
+    return requeued, dead
+
+
 def job_prune_finished(*, older_than: dt.timedelta) -> int:
-    """Delete finished jobs whose end is older than ``older_than``; return how many."""
+    """Delete finished jobs whose end is older than ``older_than``; return how many.
+    Batch chunks go with their batch (``batches.batch_prune_finished``)."""
     cutoff = timezone.now() - older_than
-    deleted, _ = Job.objects.filter(status__in=Job.FINISHED, finished_at__lt=cutoff).delete()
+    deleted, _ = Job.objects.filter(status__in=Job.FINISHED, finished_at__lt=cutoff,
+                                    batch__isnull=True).delete()
     return deleted

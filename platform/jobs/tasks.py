@@ -5,11 +5,14 @@ import datetime as dt
 
 from django.conf import settings
 
+from jobs.batches import batch_prune_finished
 from jobs.services import job_prune_finished
 from switchyard.celery import app
 
 
 @app.task(name="jobs.prune_finished", lane="quick", public=False)
-def prune_finished() -> int:
-    """Delete finished job records older than SWITCHYARD_JOB_RETENTION_DAYS."""
-    return job_prune_finished(older_than=dt.timedelta(days=settings.SWITCHYARD_JOB_RETENTION_DAYS))
+def prune_finished() -> dict:
+    """Delete finished jobs and batches older than SWITCHYARD_JOB_RETENTION_DAYS."""
+    age = dt.timedelta(days=settings.SWITCHYARD_JOB_RETENTION_DAYS)
+    return {"jobs": job_prune_finished(older_than=age),
+            "batches": batch_prune_finished(older_than=age)}

@@ -20,6 +20,11 @@ from routing import topology
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "switchyard.settings.base")
 
 
+class PermanentFailure(Exception):
+    """Raise from a task for a failure no retry can fix (bad input, missing file):
+    the job fails at once, whatever its retry policy."""
+
+
 class SwitchyardTask(Task):
     """Base class of every Switchyard task.
 

@@ -54,6 +54,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Per-endpoint body limits (SWITCHYARD_MAX_BODY_BYTES, SWITCHYARD_MAX_BATCH_BODY_BYTES).
+    "switchyard.middleware.BodyLimitMiddleware",
     # Serves collected static files (the admin's) from gunicorn, in make run and in the image.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -117,8 +119,13 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
 }
-# Largest request body accepted (bytes); larger is 400 (RequestDataTooBig).
-DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("SWITCHYARD_MAX_BODY_BYTES", 1024 * 1024)
+# Largest request body accepted (bytes); larger is 400 naming the limit
+# (switchyard.middleware). Batches have their own, larger limit.
+SWITCHYARD_MAX_BODY_BYTES = env_int("SWITCHYARD_MAX_BODY_BYTES", 1024 * 1024)
+SWITCHYARD_MAX_BATCH_BODY_BYTES = env_int("SWITCHYARD_MAX_BATCH_BODY_BYTES", 64 * 1024 * 1024)
+SWITCHYARD_MAX_BATCH_ITEMS = env_int("SWITCHYARD_MAX_BATCH_ITEMS", 100_000)
+# Django's own backstop (a body without Content-Length); the middleware is stricter.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(SWITCHYARD_MAX_BODY_BYTES, SWITCHYARD_MAX_BATCH_BODY_BYTES)
 
 LOGGING = {
     "version": 1,
@@ -178,6 +185,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 CELERY_BROKER_CONNECTION_TIMEOUT = env_int("CELERY_BROKER_CONNECTION_TIMEOUT", 4)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_HEARTBEAT = 30
+# The web waits at most this long (seconds) for the broker to confirm a job;
+# then it answers 202 anyway and the dispatcher publishes the job (jobs.services).
+SWITCHYARD_PUBLISH_DEADLINE = float(os.environ.get("SWITCHYARD_PUBLISH_DEADLINE") or 1.5)
 CELERY_TASK_PUBLISH_RETRY = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "max_retries": 2,

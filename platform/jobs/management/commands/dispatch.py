@@ -1,7 +1,10 @@
-"""``manage.py dispatch``: publish delayed jobs when due, and jobs the web could not publish.
+"""``manage.py dispatch``: publish waiting jobs when due; find lost ones.
 
-Runs as the ``dispatcher`` role. Several may run at once (rows are locked with
-SKIP LOCKED on PostgreSQL); with SQLite run one.
+Runs as the ``dispatcher`` role. It publishes jobs whose countdown, eta or
+retry backoff is due, batch chunks, and jobs the web could not publish; every
+``--reap-every`` seconds it also finds started jobs whose worker was lost
+(``jobs.services.job_reap_lost``). Several may run at once (rows are locked
+with SKIP LOCKED on PostgreSQL); with SQLite run one.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import time
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
-from jobs.services import job_publish_due
+from jobs.services import job_publish_due, job_reap_lost
 
 logger = logging.getLogger(__name__)
 
@@ -23,10 +26,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--interval", type=float, default=0.2,
                             help="seconds between scans when nothing is due (default 0.2)")
+        parser.add_argument("--reap-every", type=float, default=30.0,
+                            help="seconds between scans for lost started jobs (default 30)")
         parser.add_argument("--once", action="store_true", help="one scan, then exit")
 
-    def handle(self, *args, interval: float, once: bool, **options):
+    def handle(self, *args, interval: float, reap_every: float, once: bool, **options):
         stopping = False
+        next_reap = 0.0
 
         def stop(signum, frame):
             nonlocal stopping
@@ -36,6 +42,15 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, stop)
         while not stopping:
             close_old_connections()
+            if time.monotonic() >= next_reap:
+                next_reap = time.monotonic() + reap_every
+                try:
+                    requeued, dead = job_reap_lost()
+                except Exception:
+                    logger.exception("scan for lost jobs failed")
+                else:
+                    if requeued or dead:
+                        logger.warning("lost jobs: %d published again, %d dead", requeued, dead)
             try:
                 published = job_publish_due()
             except Exception:  # broker or database away: say so, wait, try again

@@ -1,0 +1,255 @@
+"""Batches: many items of one task, run as chunks, tracked from the chunks' records.
+
+A batch is accepted in one transaction: the ``Batch`` row and one ``Job`` per
+chunk (``params = {"items": [...]}``). No chunk is published by the request:
+each chunk is due at once (or at its countdown/eta) and the dispatcher
+publishes it, so accepting 100,000 items costs a few bulk INSERTs, never
+thousands of broker round trips inside a request.
+
+Progress is never counted separately: it is read from the chunks (one
+aggregate query), so there is no chord, no ``chord_unlock`` polling and no
+counter that a lost update could leave wrong.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Max, Min, Q, Sum
+from django.utils import timezone
+
+from jobs.models import Batch, Job
+from jobs.services import (
+    CANCELLABLE,
+    IdempotencyConflict,
+    InvalidSubmission,
+    NotCancellable,
+    SubmitOptions,
+    apply_run_options,
+    check_quotas,
+    fingerprint,
+    new_job,
+    schedule_of,
+)
+from tenants.models import Tenant
+
+DEFAULT_CHUNK_SIZE = 100
+MAX_CHUNK_SIZE = 10_000
+#: A batch is at most this many chunks (jobs): chunk_size must grow with the items.
+MAX_CHUNKS = 10_000
+
+#: Chunk states whose items all count as failed.
+CHUNK_FAILED = (Job.Status.FAILED, Job.Status.DEAD, Job.Status.EXPIRED)
+UNFINISHED = (Job.Status.QUEUED, Job.Status.STARTED, Job.Status.RETRYING)
+
+
+def max_items() -> int:
+    return settings.SWITCHYARD_MAX_BATCH_ITEMS
+
+
+def batch_submit(*, tenant: Tenant, task: str, items: Sequence[Any],
+                 chunk_size: int | None = None, options: SubmitOptions | None = None,
+                 idempotency_key: str = "") -> tuple[Batch, bool]:
+    """Record a batch and its chunks; the dispatcher publishes the chunks.
+
+    Items must already be valid for the task (``catalogue.validate_items``).
+    Returns ``(batch, created)`` like ``job_submit``; raises
+    ``InvalidSubmission``, ``QuotaExceeded``, ``IdempotencyConflict``.
+    """
+    options = options or SubmitOptions()
+    if options.link or options.link_error:
+        raise InvalidSubmission("options.link" if options.link else "options.link_error",
+                                "not available for batches")
+    total = len(items)
+    if not 1 <= total <= max_items():
+        raise InvalidSubmission("items", f"give between 1 and {max_items()} items, got {total}")
+    size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
+    if not 1 <= size <= MAX_CHUNK_SIZE:
+        raise InvalidSubmission("chunk_size", f"must be between 1 and {MAX_CHUNK_SIZE}, "
+                                f"got {size}")
+    if chunk_size is None:
+        size = max(size, math.ceil(total / MAX_CHUNKS))
+    count = math.ceil(total / size)
+    if count > MAX_CHUNKS:
+        raise InvalidSubmission("chunk_size", f"{total} items in chunks of {size} make {count} "
+                                f"chunks, more than {MAX_CHUNKS}; use a chunk_size of at least "
+                                f"{math.ceil(total / MAX_CHUNKS)}")
+    now = timezone.now()
+    run_at, expires_at = schedule_of(options, now)
+    template = new_job(tenant=tenant, task=task, params={}, priority=options.priority, now=now)
+    apply_run_options(template, options)
+    batch = Batch(tenant=tenant, tenant_name=tenant.name, task=task, lane=template.lane,
+                  tier=template.tier, priority=template.priority, total_items=total,
+                  chunk_size=size, chunk_count=count, submitted_at=now,
+                  options=_jsonable_options(options))
+    if idempotency_key:
+        batch.idempotency_key = idempotency_key
+        batch.request_fingerprint = fingerprint(task, items, size, asdict(options))
+        existing = _replay(tenant, idempotency_key, batch.request_fingerprint)
+        if existing:
+            return existing, False
+    chunks = [
+        Job(tenant=tenant, tenant_name=tenant.name, task=task, lane=template.lane,
+            tier=template.tier, priority=template.priority, routing_key=template.routing_key,
+            params={"items": list(items[offset:offset + size])}, submitted_at=now,
+            run_at=run_at or now, expires_at=expires_at, retry_policy=template.retry_policy,
+            max_attempts=template.max_attempts, batch=batch, chunk_index=index,
+            item_offset=offset, item_count=min(size, total - offset))
+        for index, offset in enumerate(range(0, total, size))
+    ]
+    try:
+        with transaction.atomic():
+            check_quotas(tenant, now, adding=count)
+            batch.save(force_insert=True)
+            Job.objects.bulk_create(chunks, batch_size=2000)
+    except IntegrityError:
+        existing = _replay(tenant, idempotency_key, batch.request_fingerprint)
+        if existing is None:
+            raise
+        return existing, False
+    return batch, True
+
+
+def _jsonable_options(options: SubmitOptions) -> dict:
+    out = {}
+    for key, value in asdict(options).items():
+        if value is None:
+            continue
+        out[key] = value.isoformat() if isinstance(value, dt.datetime) else value
+    return out
+
+
+def _replay(tenant: Tenant, key: str, expected: str) -> Batch | None:
+    if not key:
+        return None
+    existing = Batch.objects.filter(tenant=tenant, idempotency_key=key).first()
+    if existing and existing.request_fingerprint != expected:
+        raise IdempotencyConflict(
+            f"Idempotency-Key {key!r} was used for a different request (batch {existing.id})")
+    return existing
+
+
+def batch_cancel(*, batch: Batch) -> int:
+    """Cancel every chunk not started yet; return how many. Started chunks finish.
+    ``NotCancellable`` if nothing was left to cancel."""
+    now = timezone.now()
+    with transaction.atomic():
+        cancelled = Job.objects.filter(batch=batch, status__in=CANCELLABLE).update(
+            status=Job.Status.CANCELLED, finished_at=now, error="batch cancelled by its caller")
+        if not cancelled:
+            raise NotCancellable(f"batch {batch.id} has no chunk left that has not started")
+        Batch.objects.filter(id=batch.id).update(cancelled_at=now)
+        batch.cancelled_at = now
+    return cancelled
+
+
+@dataclass(frozen=True)
+class Progress:
+    status: str
+    total: int
+    done: int
+    failed: int
+    cancelled: int
+    pending: int
+    percent: float
+    chunks: dict[str, int]
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    estimated_completion_at: dt.datetime | None
+
+
+def batch_progress(batch: Batch, *, now: dt.datetime | None = None) -> Progress:
+    """Where ``batch`` stands, read from its chunks in one aggregate query."""
+    now = now or timezone.now()
+    rows = (Job.objects.filter(batch=batch).order_by().values("status")
+            .annotate(chunks=Count("id"), items=Sum("item_count"),
+                      failed_items=Sum("failed_items"), first_start=Min("started_at"),
+                      last_finish=Max("finished_at")))
+    chunks = {status: 0 for status in Job.Status.values}
+    done = failed = cancelled = pending = 0
+    starts, finishes = [], []
+    for row in rows:
+        status, items = row["status"], row["items"] or 0
+        chunks[status] = row["chunks"]
+        if status == Job.Status.SUCCEEDED:
+            failed += row["failed_items"] or 0
+            done += items - (row["failed_items"] or 0)
+        elif status in CHUNK_FAILED:
+            failed += items
+        elif status == Job.Status.CANCELLED:
+            cancelled += items
+        else:
+            pending += items
+        if row["first_start"]:
+            starts.append(row["first_start"])
+        if row["last_finish"] and status not in UNFINISHED:
+            finishes.append(row["last_finish"])
+    total = batch.total_items
+    processed = done + failed + cancelled
+    started_at = min(starts) if starts else None
+    finished = pending == 0
+    if not finished:
+        status = "running" if started_at or processed else "queued"
+    elif batch.cancelled_at:
+        status = "cancelled"
+    elif failed == 0:
+        status = "succeeded"
+    elif done == 0:
+        status = "failed"
+    else:
+        status = "completed_with_failures"
+    estimate = None
+    if not finished and started_at and processed:
+        rate = processed / max((now - started_at).total_seconds(), 0.001)
+        estimate = now + dt.timedelta(seconds=pending / rate)
+    return Progress(status=status, total=total, done=done, failed=failed, cancelled=cancelled,
+                    pending=pending, percent=round(100.0 * processed / total, 2) if total else 100,
+                    chunks=chunks, started_at=started_at,
+                    finished_at=max(finishes) if finished and finishes else None,
+                    estimated_completion_at=estimate)
+
+
+def batch_failures(batch: Batch, *, after: int = -1, limit: int = 100
+                   ) -> tuple[list[dict], int | None]:
+    """Failed items in index order after index ``after``: ``[{index, item, error}]``
+    and the ``after`` of the next page (None at the end)."""
+    chunks = (Job.objects.filter(batch=batch)
+              .filter(Q(status=Job.Status.SUCCEEDED, failed_items__gt=0)
+                      | Q(status__in=CHUNK_FAILED))
+              .alias(end=F("item_offset") + F("item_count")).filter(end__gt=after + 1)
+              .order_by("chunk_index")
+              .only("status", "params", "result", "error", "item_offset"))
+    found: list[dict] = []
+    for chunk in chunks.iterator(chunk_size=50):
+        items = chunk.params.get("items", [])
+        if chunk.status == Job.Status.SUCCEEDED:
+            failures = [(f["index"], f["error"]) for f in (chunk.result or {}).get("failed", [])]
+        else:
+            reason = f"chunk {chunk.status}: {chunk.error}" if chunk.error else chunk.status
+            failures = [(i, reason) for i in range(len(items))]
+        for local, error in failures:
+            index = chunk.item_offset + local
+            if index <= after:
+                continue
+            if len(found) == limit:
+                return found, found[-1]["index"]
+            found.append({"index": index,
+                          "item": items[local] if local < len(items) else None,
+                          "error": error})
+    return found, None
+
+
+def batch_prune_finished(*, older_than: dt.timedelta) -> int:
+    """Delete batches (with their chunks) finished before ``older_than`` ago."""
+    cutoff = timezone.now() - older_than
+    ids = list(Batch.objects.annotate(
+        unfinished=Count("chunks", filter=Q(chunks__status__in=UNFINISHED)),
+        last_finish=Max("chunks__finished_at"),
+    ).filter(unfinished=0, last_finish__lt=cutoff).values_list("id", flat=True)[:1000])
+    Batch.objects.filter(id__in=ids).delete()
+    return len(ids)

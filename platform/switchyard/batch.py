@@ -1,0 +1,61 @@
+"""Batch tasks: one function per item, run over a chunk of items per job.
+
+    @batch_task(name="media.thumbnail", lane="slow", item_schema={...})
+    def thumbnail(item: dict) -> None:
+        ...
+
+registers a task whose parameters are ``{"items": [item, ...]}``. The API's
+``POST /api/v1/batches`` splits up to 100,000 items into chunks and submits one
+job per chunk. Inside a chunk an item that raises is recorded as failed (its
+index in the chunk and the error) and the chunk goes on with the next item;
+the batch reports which items failed and why. What stops the chunk itself (the
+soft time limit, the worker lost) fails or retries the chunk as a whole.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from switchyard.celery import app
+
+#: Longest error text kept per failed item.
+MAX_ITEM_ERROR = 500
+
+
+def run_items(handle: Callable[[Any], Any], items: list) -> dict:
+    """Apply ``handle`` to each item; ``{"succeeded": n, "failed": [{"index", "error"}]}``."""
+    succeeded, failed = 0, []
+    for index, item in enumerate(items):
+        try:
+            handle(item)
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:  # one bad item never sinks its chunk
+            failed.append({"index": index,
+                           "error": f"{type(exc).__name__}: {exc}"[:MAX_ITEM_ERROR]})
+        else:
+            succeeded += 1
+    return {"succeeded": succeeded, "failed": failed}
+
+
+def batch_task(*, name: str, lane: str, item_schema: dict, **options):
+    """Register ``handle(item)`` as the batch task ``name`` in ``lane``."""
+
+    def register(handle: Callable[[Any], Any]):
+        def run(items: list) -> dict:
+            return run_items(handle, items)
+
+        run.__name__, run.__qualname__ = handle.__name__, handle.__qualname__
+        run.__module__, run.__doc__ = handle.__module__, handle.__doc__
+        params_schema = {
+            "type": "object",
+            "properties": {"items": {"type": "array", "items": item_schema, "minItems": 1}},
+            "required": ["items"],
+            "additionalProperties": False,
+        }
+        return app.task(name=name, lane=lane, item_schema=item_schema,
+                        params_schema=params_schema, **options)(run)
+
+    return register

@@ -1,0 +1,37 @@
+"""Request body limits per endpoint, answered in the API's error shape.
+
+Django has one global limit (``DATA_UPLOAD_MAX_MEMORY_SIZE``); the batch API
+needs a far larger one than everything else. The limit is checked here against
+``Content-Length`` before any byte is read, so an oversized request costs
+nothing and is told which limit it broke.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import JsonResponse
+
+BATCH_PATH = "/api/v1/batches"
+
+
+def body_limit(path: str) -> int:
+    if path.rstrip("/") == BATCH_PATH:
+        return settings.SWITCHYARD_MAX_BATCH_BODY_BYTES
+    return settings.SWITCHYARD_MAX_BODY_BYTES
+
+
+class BodyLimitMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        limit = body_limit(request.path)
+        if length > limit:
+            message = (f"request body is {length} bytes; this endpoint accepts at most {limit} "
+                       "bytes")
+            return JsonResponse({"detail": f"body: {message}", "errors": {"body": [message]}},
+                                status=400)
+        return self.get_response(request)
