@@ -7,13 +7,14 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 export PYTHONPATH := $(CURDIR)/platform:$(CURDIR)
 
-.PHONY: help setup run test lint broker-check topology verify migrate demo docs clean
+.PHONY: help setup run test lint broker-check topology verify migrate demo docs clean bench-api
 
 help:
 	@echo "make run     set up, then run web (:8000), worker-slow, worker-quick, beat, Flower (:5555)"
 	@echo "make test    set up, then lint and run the test suite"
 	@echo "make verify  compare the live broker with the declared topology"
 	@echo "make demo    the head-of-line demo: 20,000 slow jobs, then time quick probes"
+	@echo "make bench-api  job API figures: submit latency, 100,000-item batch accept"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -45,10 +46,14 @@ run: setup .env topology migrate
 	exec $(BIN)/honcho start --procfile Procfile --env .env
 
 lint: setup
-	$(BIN)/ruff check routing platform tests tools
+	$(BIN)/ruff check routing platform tests tools bench
 
 test: setup lint
 	$(PY) -m pytest
+
+# Figures, not assertions: prints a table and writes var/bench/api.json (a few minutes).
+bench-api: setup
+	$(PY) -m pytest bench/test_api_figures.py -q -s -p no:cacheprovider --timeout 1800
 
 demo: setup
 	$(PY) platform/manage.py flood --task demo.slow_task --count 20000 --tier standard --probe 20

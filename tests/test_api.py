@@ -86,6 +86,13 @@ def test_no_token_or_a_bad_one_is_401():
          "options.retry_policy.interval"),
         ({"task": "demo.quick_task", "options": {"retry_policy": {}}},
          "options.retry_policy.max_retries"),
+        ({"task": "demo.quick_task", "options": {"retry_policy": {
+            "max_retries": 2, "backoff": 1, "interval_step": 1}}},
+         "options.retry_policy.interval_step"),
+        ({"task": "demo.quick_task", "options": {"queue": "heavy_tasks"}}, "options.queue"),
+        ({"task": "demo.quick_task", "options": {"routing_key": "heavy_tasks"}},
+         "options.routing_key"),
+        ({"task": "demo.quick_task", "options": {"retry": False}}, "options.retry"),
         ({"task": "demo.quick_task", "options": {"eta": "2001-01-01T00:00:00Z"}}, "options.eta"),
         ({"task": "demo.quick_task", "options": {"countdown": 60, "expires": 30}},
          "options.expires"),
@@ -101,6 +108,21 @@ def test_bad_input_is_400_naming_the_field(acme, body, field):
     assert field in resp.json()["errors"], resp.json()
     assert resp.json()["detail"].startswith(field)
     assert Job.objects.count() == 0
+
+
+def test_the_seeds_celery_retry_options_are_understood(acme):
+    # apply_async(retry=True, retry_policy={max_retries, interval_start, interval_step,
+    # interval_max}) as internal services write it today
+    resp = submit(acme, {"task": "demo.quick_task", "options": {"retry": True, "retry_policy": {
+        "max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}}})
+    assert resp.status_code == 202, resp.json()
+    job = resp.json()
+    assert job["max_attempts"] == 4
+    assert job["retry_policy"]["interval_step"] == 0.2 and job["retry_policy"]["jitter"] is False
+    from jobs.services import RetryPolicy
+
+    policy = RetryPolicy(**job["retry_policy"])
+    assert [policy.delay(n) for n in (1, 2, 3, 4)] == [0, 0.2, 0.4, 0.5]
 
 
 def test_expires_before_eta_is_refused(acme):

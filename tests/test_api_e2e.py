@@ -51,10 +51,13 @@ def test_http_submit_runs_to_succeeded(api, start_role, management):
     assert job["submitted_at"] <= job["started_at"] <= job["finished_at"]
 
 
-def test_countdown_delays_the_start(api, start_role, management):
+@pytest.mark.parametrize("when", ["countdown", "eta"])
+def test_countdown_or_eta_delays_the_start(api, start_role, management, when):
     roles = [start_lane(start_role, management, "quick", concurrency=1),
              start_role("dispatcher")]
-    job_id = submit(api, {"task": "demo.quick_task", "options": {"countdown": 2}})
+    delay = {"countdown": 2} if when == "countdown" else {
+        "eta": (timezone.now() + dt.timedelta(seconds=2.05)).isoformat()}
+    job_id = submit(api, {"task": "demo.quick_task", "options": delay})
     wait_until(lambda: status_of(api, job_id)["status"] == "succeeded", 30, "delayed job",
                roles=roles)
     job = Job.objects.get(id=job_id)

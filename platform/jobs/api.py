@@ -60,16 +60,31 @@ class ExpiresField(serializers.Field):
 
 
 class RetryPolicySerializer(StrictSerializer):
+    """Exponential (``backoff``, ``backoff_max``) or, with Celery's names, linear
+    (``interval_start``, ``interval_step``, ``interval_max``); not both."""
+
     max_retries = serializers.IntegerField(min_value=0, max_value=25)
-    backoff = serializers.FloatField(min_value=0, max_value=3600, default=1.0,
+    backoff = serializers.FloatField(min_value=0, max_value=3600, required=False,
                                      help_text="seconds before the first retry, doubled each time")
-    backoff_max = serializers.FloatField(min_value=0, max_value=86400, default=600.0,
+    backoff_max = serializers.FloatField(min_value=0, max_value=86400, required=False,
                                          help_text="longest wait between runs (seconds)")
-    jitter = serializers.BooleanField(default=True,
-                                      help_text="wait a random 50-100% of the backoff")
+    interval_start = serializers.FloatField(min_value=0, max_value=3600, required=False)
+    interval_step = serializers.FloatField(min_value=0, max_value=3600, required=False)
+    interval_max = serializers.FloatField(min_value=0, max_value=86400, required=False)
+    jitter = serializers.BooleanField(required=False, help_text=(
+        "wait a random 50-100% of the computed time; default true for backoff, false for "
+        "intervals"))
 
     def to_internal_value(self, data):
-        return RetryPolicy(**super().to_internal_value(data))
+        values = super().to_internal_value(data)
+        linear = {"interval_start", "interval_step", "interval_max"} & set(values)
+        exponential = {"backoff", "backoff_max"} & set(values)
+        if linear and exponential:
+            raise ValidationError({sorted(linear)[0]: [
+                "give backoff/backoff_max or interval_start/interval_step/interval_max, "
+                "not both"]})
+        values.setdefault("jitter", not linear)
+        return RetryPolicy(**values)
 
 
 class LinkField(serializers.Field):
@@ -108,6 +123,26 @@ class OptionsSerializer(StrictSerializer):
     retry_policy = RetryPolicySerializer(required=False)
     link = LinkField(required=False, help_text="task run on success")
     link_error = LinkField(required=False, help_text="task run when the job fails for good")
+
+    #: Celery options whose job Switchyard does itself, and why they are not taken.
+    DERIVED = {
+        "queue": "the queue is the task's lane (see /api/v1/tasks); it cannot be chosen",
+        "routing_key": "the routing key is <lane>.<tier>.<task>, derived from the task and "
+                       "your tenant's tier; it cannot be chosen",
+        "exchange": "every job goes through the 'tasks' exchange",
+    }
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            derived = {k: [why] for k, why in self.DERIVED.items() if k in data}
+            if data.get("retry") is False:
+                derived["retry"] = ["an accepted job is always published until the broker "
+                                    "takes it; retry cannot be false"]
+            if derived:
+                raise ValidationError(derived)
+            if data.get("retry") is True:  # Celery's publish retry: always on here
+                data = {k: v for k, v in data.items() if k != "retry"}
+        return super().to_internal_value(data)
 
     def to_submit_options(self) -> SubmitOptions:
         return SubmitOptions(**self.validated_data)

@@ -94,6 +94,8 @@ class Job(models.Model):
             models.Index(fields=["status", "started_at"], name="jobs_started",
                          condition=models.Q(status="started")),
             models.Index(fields=["tenant", "status"]),
+            # The rate quota: a tenant's submissions in the last minute.
+            models.Index(fields=["tenant", "submitted_at"], name="jobs_tenant_submitted"),
             models.Index(fields=["lane", "status"]),
             models.Index(fields=["status", "finished_at"]),
             # The dispatcher's scan: queued jobs not yet handed to the broker.
