@@ -38,3 +38,18 @@ def test_every_runbook_mentioned_in_code_exists():
         mentioned |= set(re.findall(r"docs/runbooks/[\w-]+\.md", path.read_text()))
     assert mentioned, "the code should point operators at runbooks"
     assert [m for m in mentioned if not (REPO / m).exists()] == []
+
+
+def test_every_environment_variable_read_is_documented_in_operations():
+    sources = [*REPO.glob("platform/switchyard/**/*.py"), *REPO.glob("routing/*.py"),
+               *(p for p in (REPO / "deploy" / "bin").iterdir() if p.is_file())]
+    read = set()
+    for path in sources:
+        text = path.read_text()
+        read |= set(re.findall(
+            r"(?:env_int|env_bool|environ\.get|getenv)\(\s*\"([A-Z][A-Z0-9_]+)\"", text))
+        read |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]+):-", text))
+    ops = (REPO / "docs" / "operations.md").read_text()
+    internal = {"PYTHON", "SWITCHYARD_TEST_RUN_ID"}
+    assert read - internal, "the scan should find the settings' variables"
+    assert sorted(v for v in read - internal if f"`{v}`" not in ops) == []

@@ -1,6 +1,6 @@
 """Base settings. Every value an operator may change comes from the environment.
 
-See docs/operations.md for the reference of each variable.
+See docs/operations.md for the reference of each variable (a test keeps it complete).
 """
 from __future__ import annotations
 
