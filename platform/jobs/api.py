@@ -4,6 +4,9 @@ Views stay thin: they parse and answer; services decide.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
@@ -12,7 +15,13 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from jobs.catalogue import InvalidParams, catalogue, catalogue_task, validate_params
+from jobs.catalogue import (
+    CatalogueTask,
+    InvalidParams,
+    catalogue,
+    catalogue_task,
+    validate_params,
+)
 from jobs.models import Job
 from jobs.selectors import job_get, job_list
 from jobs.services import (
@@ -162,10 +171,35 @@ def idempotency_key(request) -> str:
     return key
 
 
-def quota_exceeded(exc: QuotaExceeded) -> Response:
-    return Response({"detail": f"quota exceeded: {exc}"},
-                    status=status.HTTP_429_TOO_MANY_REQUESTS,
-                    headers={"Retry-After": str(exc.retry_after)})
+def known_task(name: str) -> CatalogueTask:
+    task = catalogue_task(name)
+    if task is None:
+        raise ValidationError({"task": [f"unknown task {name!r}; see /api/v1/tasks"]})
+    return task
+
+
+def accepted(submit: Callable[[], tuple[Any, bool]], *, location: Callable[[Any], str],
+             render: Callable[[Any], dict]) -> Response:
+    """Run a submission service and answer as the API promises: 202 with
+    ``Location`` (and ``Idempotent-Replayed`` for a replay), or 400/409/429."""
+    try:
+        record, created = submit()
+    except InvalidSubmission as exc:
+        raise ValidationError({exc.field: [exc.message]}) from exc
+    except QuotaExceeded as exc:
+        return Response({"detail": f"quota exceeded: {exc}"},
+                        status=status.HTTP_429_TOO_MANY_REQUESTS,
+                        headers={"Retry-After": str(exc.retry_after)})
+    except IdempotencyConflict as exc:
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    headers = {"Location": location(record)}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(render(record), status=status.HTTP_202_ACCEPTED, headers=headers)
+
+
+def job_url(request, job_id) -> str:
+    return request.build_absolute_uri(reverse("jobs:job-detail", kwargs={"job_id": job_id}))
 
 
 class JobOutputSerializer(serializers.ModelSerializer):
@@ -179,8 +213,7 @@ class JobOutputSerializer(serializers.ModelSerializer):
                   "link_error", "parent", "batch", "chunk_index", "status_url"]
 
     def get_status_url(self, job: Job) -> str:
-        return self.context["request"].build_absolute_uri(
-            reverse("jobs:job-detail", kwargs={"job_id": job.id}))
+        return job_url(self.context["request"], job.id)
 
 
 class JobPagination(CursorPagination):
@@ -211,30 +244,18 @@ class JobListSubmitApi(APIView):
         body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        task = catalogue_task(data["task"])
-        if task is None:
-            raise ValidationError({"task": [f"unknown task {data['task']!r}; see /api/v1/tasks"]})
+        task = known_task(data["task"])
         try:
             validate_params(task, data["params"])
         except InvalidParams as exc:
             raise ValidationError({exc.field: [exc.message]}) from exc
         options = parse_options(data["options"])
         key = idempotency_key(request)
-        try:
-            job, created = job_submit(tenant=request.auth, task=task.name,
-                                      params=data["params"], options=options,
-                                      idempotency_key=key)
-        except InvalidSubmission as exc:
-            raise ValidationError({exc.field: [exc.message]}) from exc
-        except QuotaExceeded as exc:
-            return quota_exceeded(exc)
-        except IdempotencyConflict as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        headers = {"Location": reverse("jobs:job-detail", kwargs={"job_id": job.id})}
-        if not created:
-            headers["Idempotent-Replayed"] = "true"
-        return Response(JobOutputSerializer(job, context={"request": request}).data,
-                        status=status.HTTP_202_ACCEPTED, headers=headers)
+        return accepted(
+            lambda: job_submit(tenant=request.auth, task=task.name, params=data["params"],
+                               options=options, idempotency_key=key),
+            location=lambda job: reverse("jobs:job-detail", kwargs={"job_id": job.id}),
+            render=lambda job: JobOutputSerializer(job, context={"request": request}).data)
 
     @extend_schema(parameters=[FilterSerializer], responses={200: JobOutputSerializer(many=True)})
     def get(self, request):

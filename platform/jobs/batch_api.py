@@ -18,9 +18,11 @@ from jobs.api import (
     IDEMPOTENCY_HEADER,
     OptionsSerializer,
     StrictSerializer,
+    accepted,
     idempotency_key,
+    job_url,
+    known_task,
     parse_options,
-    quota_exceeded,
 )
 from jobs.batches import (
     MAX_CHUNK_SIZE,
@@ -30,9 +32,9 @@ from jobs.batches import (
     batch_submit,
     max_items,
 )
-from jobs.catalogue import InvalidParams, catalogue_task, validate_items
+from jobs.catalogue import InvalidParams, validate_items
 from jobs.models import Batch, Job
-from jobs.services import IdempotencyConflict, InvalidSubmission, NotCancellable, QuotaExceeded
+from jobs.services import NotCancellable
 
 #: Failed items shown inline in a batch; the rest are paged at ``failures_url``.
 INLINE_FAILURES = 100
@@ -175,9 +177,7 @@ class BatchListSubmitApi(APIView):
         body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        task = catalogue_task(data["task"])
-        if task is None:
-            raise ValidationError({"task": [f"unknown task {data['task']!r}; see /api/v1/tasks"]})
+        task = known_task(data["task"])
         if not task.accepts_batches:
             raise ValidationError({"task": [f"{task.name} is not a batch task; batch tasks "
                                             "have an item_schema in /api/v1/tasks"]})
@@ -187,21 +187,12 @@ class BatchListSubmitApi(APIView):
             raise ValidationError({exc.field: [exc.message]}) from exc
         options = parse_options(data["options"], BatchOptionsSerializer)
         key = idempotency_key(request)
-        try:
-            batch, created = batch_submit(tenant=request.auth, task=task.name,
-                                          items=data["items"], chunk_size=data.get("chunk_size"),
-                                          options=options, idempotency_key=key)
-        except InvalidSubmission as exc:
-            raise ValidationError({exc.field: [exc.message]}) from exc
-        except QuotaExceeded as exc:
-            return quota_exceeded(exc)
-        except IdempotencyConflict as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        headers = {"Location": reverse("jobs:batch-detail", kwargs={"batch_id": batch.id})}
-        if not created:
-            headers["Idempotent-Replayed"] = "true"
-        return Response(batch_representation(request, batch), status=status.HTTP_202_ACCEPTED,
-                        headers=headers)
+        return accepted(
+            lambda: batch_submit(tenant=request.auth, task=task.name, items=data["items"],
+                                 chunk_size=data.get("chunk_size"), options=options,
+                                 idempotency_key=key),
+            location=lambda batch: reverse("jobs:batch-detail", kwargs={"batch_id": batch.id}),
+            render=lambda batch: batch_representation(request, batch))
 
     @extend_schema(responses={200: BatchSummarySerializer(many=True)})
     def get(self, request):
@@ -277,8 +268,7 @@ class ChunkSerializer(serializers.ModelSerializer):
                   "attempts", "error", "started_at", "finished_at", "status_url"]
 
     def get_status_url(self, job: Job) -> str:
-        return self.context["request"].build_absolute_uri(
-            reverse("jobs:job-detail", kwargs={"job_id": job.id}))
+        return job_url(self.context["request"], job.id)
 
 
 class ChunkPagination(CursorPagination):

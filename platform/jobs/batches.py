@@ -26,13 +26,13 @@ from django.utils import timezone
 from jobs.models import Batch, Job
 from jobs.services import (
     CANCELLABLE,
-    IdempotencyConflict,
     InvalidSubmission,
     NotCancellable,
     SubmitOptions,
     apply_run_options,
     check_quotas,
     fingerprint,
+    idempotent_replay,
     new_job,
     schedule_of,
 )
@@ -90,7 +90,8 @@ def batch_submit(*, tenant: Tenant, task: str, items: Sequence[Any],
     if idempotency_key:
         batch.idempotency_key = idempotency_key
         batch.request_fingerprint = fingerprint(task, items, size, asdict(options))
-        existing = _replay(tenant, idempotency_key, batch.request_fingerprint)
+        existing = idempotent_replay(tenant.batches.all(), idempotency_key,
+                                     batch.request_fingerprint)
         if existing:
             return existing, False
     chunks = [
@@ -108,7 +109,8 @@ def batch_submit(*, tenant: Tenant, task: str, items: Sequence[Any],
             batch.save(force_insert=True)
             Job.objects.bulk_create(chunks, batch_size=2000)
     except IntegrityError:
-        existing = _replay(tenant, idempotency_key, batch.request_fingerprint)
+        existing = idempotent_replay(tenant.batches.all(), idempotency_key,
+                                     batch.request_fingerprint)
         if existing is None:
             raise
         return existing, False
@@ -122,16 +124,6 @@ def _jsonable_options(options: SubmitOptions) -> dict:
             continue
         out[key] = value.isoformat() if isinstance(value, dt.datetime) else value
     return out
-
-
-def _replay(tenant: Tenant, key: str, expected: str) -> Batch | None:
-    if not key:
-        return None
-    existing = Batch.objects.filter(tenant=tenant, idempotency_key=key).first()
-    if existing and existing.request_fingerprint != expected:
-        raise IdempotencyConflict(
-            f"Idempotency-Key {key!r} was used for a different request (batch {existing.id})")
-    return existing
 
 
 def batch_cancel(*, batch: Batch) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Min, Q
+from django.db.models import F, Min, Q, QuerySet
 from django.utils import timezone
 
 import routing.celery_config as routing_celery
@@ -258,6 +258,10 @@ def publish_job(job: Job, producer=None, **publish_options) -> None:
     """Publish ``job`` now with its recorded routing, and note it as published."""
     job.publications += 1
     _publish(job, producer=producer, **publish_options)
+    _mark_published(job)
+
+
+def _mark_published(job: Job) -> None:
     Job.objects.filter(id=job.id).update(published_at=timezone.now(),
                                          publications=job.publications)
 
@@ -310,8 +314,7 @@ def _publish_after_commit(job: Job) -> None:
         logger.warning("job %s accepted but not yet published (%s); the dispatcher will "
                        "publish it", job.id, exc)
         return
-    Job.objects.filter(id=job.id).update(published_at=timezone.now(),
-                                         publications=job.publications)
+    _mark_published(job)
 
 
 def job_submit(*, tenant: Tenant | None, task: str, params: Mapping[str, Any] | None = None,
@@ -342,7 +345,8 @@ def job_submit(*, tenant: Tenant | None, task: str, params: Mapping[str, Any] | 
     if idempotency_key:
         job.idempotency_key = idempotency_key
         job.request_fingerprint = fingerprint(task, params, asdict(options))
-        existing = _idempotent_replay(tenant, idempotency_key, job.request_fingerprint)
+        existing = idempotent_replay(Job.objects.filter(tenant=tenant), idempotency_key,
+                                     job.request_fingerprint)
         if existing:
             return existing, False
     try:
@@ -354,20 +358,25 @@ def job_submit(*, tenant: Tenant | None, task: str, params: Mapping[str, Any] | 
                 transaction.on_commit(lambda: _publish_after_commit(job))
     except IntegrityError:
         # A concurrent request with the same key won the insert.
-        existing = _idempotent_replay(tenant, idempotency_key, job.request_fingerprint)
+        existing = idempotent_replay(Job.objects.filter(tenant=tenant), idempotency_key,
+                                     job.request_fingerprint)
         if existing is None:
             raise
         return existing, False
     return job, True
 
 
-def _idempotent_replay(tenant: Tenant | None, key: str, expected: str) -> Job | None:
+def idempotent_replay(records: QuerySet, key: str, expected: str):
+    """The record (a job or a batch among the tenant's ``records``) already
+    accepted under ``key``, or None; ``IdempotencyConflict`` if it was accepted
+    for a request whose fingerprint differs from ``expected``."""
     if not key:
         return None
-    existing = Job.objects.filter(tenant=tenant, idempotency_key=key).first()
+    existing = records.filter(idempotency_key=key).first()
     if existing and existing.request_fingerprint != expected:
+        what = records.model._meta.verbose_name
         raise IdempotencyConflict(
-            f"Idempotency-Key {key!r} was used for a different request (job {existing.id})")
+            f"Idempotency-Key {key!r} was used for a different request ({what} {existing.id})")
     return existing
 
 
