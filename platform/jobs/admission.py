@@ -8,7 +8,8 @@ such a message holds it to the tenant's record:
 
 * the tenant's tier and band come from ``tenants.Tenant``, whatever the
   routing key or the priority property claimed;
-* a message already in the right band and tier runs;
+* a message already in the right band, tier and lane (``SwitchyardTask.lane_for``
+  of its params: the lane ``job_submit`` would have chosen) runs;
 * any other is re-published with the routing key and priority the tenant is
   entitled to (the priority clamped into its band, as ``job_submit`` would
   place it), and this delivery is acknowledged unrun. A cheater's message is
@@ -55,7 +56,8 @@ def job_admit_native(*, task, task_id: str, args, kwargs) -> bool:
     delivery = request.delivery_info or {}
     tenant_name = getattr(request, routing_celery.TENANT_HEADER, None) or ""
     now = timezone.now()
-    job = Job(id=task_id, task=task.name, lane=task.lane, tenant_name=tenant_name[:63] or "-",
+    lane = _lane_for(task, kwargs)
+    job = Job(id=task_id, task=task.name, lane=lane, tenant_name=tenant_name[:63] or "-",
               params=jsonable(dict(kwargs or {})), submitted_at=now, published_at=now,
               expires_at=getattr(request, "expires", None) or None)
 
@@ -73,7 +75,7 @@ def job_admit_native(*, task, task_id: str, args, kwargs) -> bool:
         reason = "positional arguments are not accepted; pass keyword arguments"
 
     job.tier = tier.name
-    job.routing_key = topology.routing_key(task.lane, tier.name, task.name)
+    job.routing_key = topology.routing_key(lane, tier.name, task.name)
     claimed = delivery.get("priority")
     job.priority = tier.clamp(claimed)
     if reason:
@@ -94,6 +96,17 @@ def job_admit_native(*, task, task_id: str, args, kwargs) -> bool:
                 task_id, delivery.get("routing_key"), claimed, job.routing_key, job.priority)
     publish_job(job)
     return False
+
+
+def _lane_for(task, kwargs) -> str:
+    """The lane the task picks for these params (as ``job_submit`` would); a message on
+    another lane is re-published on this one, like one claiming the wrong tier."""
+    try:
+        return topology.lane(task.lane_for(dict(kwargs or {}))).name
+    except Exception:  # bad params: the task itself will refuse them, in its declared lane
+        logger.warning("task %s could not pick a lane for a native message; using %s",
+                       task.name, task.lane, exc_info=True)
+        return task.lane
 
 
 def _save_first_sight(job: Job) -> bool:

@@ -246,7 +246,7 @@ class JobListSubmitApi(APIView):
         data = body.validated_data
         task = known_task(data["task"])
         try:
-            validate_params(task, data["params"])
+            validate_params(task, data["params"], tenant=request.auth)
         except InvalidParams as exc:
             raise ValidationError({exc.field: [exc.message]}) from exc
         options = parse_options(data["options"])

@@ -182,7 +182,7 @@ class BatchListSubmitApi(APIView):
             raise ValidationError({"task": [f"{task.name} is not a batch task; batch tasks "
                                             "have an item_schema in /api/v1/tasks"]})
         try:
-            validate_items(task, data["items"])
+            validate_items(task, data["items"], tenant=request.auth)
         except InvalidParams as exc:
             raise ValidationError({exc.field: [exc.message]}) from exc
         options = parse_options(data["options"], BatchOptionsSerializer)

@@ -36,6 +36,8 @@ from jobs.services import (
     new_job,
     schedule_of,
 )
+from routing import topology
+from switchyard.celery import app
 from tenants.models import Tenant
 
 DEFAULT_CHUNK_SIZE = 100
@@ -43,6 +45,8 @@ MAX_CHUNK_SIZE = 10_000
 #: A batch is at most this many chunks (jobs): chunk_size must grow with the items.
 MAX_CHUNKS = 10_000
 
+#: ``Batch.lane`` of a batch whose chunks went to different lanes.
+MIXED_LANES = "mixed"
 #: Chunk states whose items all count as failed.
 CHUNK_FAILED = (Job.Status.FAILED, Job.Status.DEAD, Job.Status.EXPIRED)
 UNFINISHED = (Job.Status.QUEUED, Job.Status.STARTED, Job.Status.RETRYING)
@@ -83,7 +87,12 @@ def batch_submit(*, tenant: Tenant, task: str, items: Sequence[Any],
     run_at, expires_at = schedule_of(options, now)
     template = new_job(tenant=tenant, task=task, params={}, priority=options.priority, now=now)
     apply_run_options(template, options)
-    batch = Batch(tenant=tenant, tenant_name=tenant.name, task=task, lane=template.lane,
+    offsets = range(0, total, size)
+    # Each chunk goes to the lane its items call for (SwitchyardTask.chunk_lanes):
+    # a chunk of 10 MB images to slow, a chunk of renames to quick.
+    lanes = chunk_lanes(task, [items[offset:offset + size] for offset in offsets])
+    batch = Batch(tenant=tenant, tenant_name=tenant.name, task=task,
+                  lane=lanes[0] if len(set(lanes)) == 1 else MIXED_LANES,
                   tier=template.tier, priority=template.priority, total_items=total,
                   chunk_size=size, chunk_count=count, submitted_at=now,
                   options=_jsonable_options(options))
@@ -95,13 +104,14 @@ def batch_submit(*, tenant: Tenant, task: str, items: Sequence[Any],
         if existing:
             return existing, False
     chunks = [
-        Job(tenant=tenant, tenant_name=tenant.name, task=task, lane=template.lane,
-            tier=template.tier, priority=template.priority, routing_key=template.routing_key,
+        Job(tenant=tenant, tenant_name=tenant.name, task=task, lane=lanes[index],
+            tier=template.tier, priority=template.priority,
+            routing_key=topology.routing_key(lanes[index], template.tier, task),
             params={"items": list(items[offset:offset + size])}, submitted_at=now,
             run_at=run_at or now, expires_at=expires_at, retry_policy=template.retry_policy,
             max_attempts=template.max_attempts, batch=batch, chunk_index=index,
             item_offset=offset, item_count=min(size, total - offset))
-        for index, offset in enumerate(range(0, total, size))
+        for index, offset in enumerate(offsets)
     ]
     try:
         with transaction.atomic():
@@ -115,6 +125,15 @@ def batch_submit(*, tenant: Tenant, task: str, items: Sequence[Any],
             raise
         return existing, False
     return batch, True
+
+
+def chunk_lanes(task: str, chunks: list[Sequence[Any]]) -> list[str]:
+    """The lane of each chunk of ``task``, checked against the topology."""
+    lanes = app.tasks[task].chunk_lanes(chunks)
+    if len(lanes) != len(chunks):
+        raise RuntimeError(f"{task}.chunk_lanes answered {len(lanes)} lanes for "
+                           f"{len(chunks)} chunks")
+    return [topology.lane(name).name for name in lanes]
 
 
 def _jsonable_options(options: SubmitOptions) -> dict:

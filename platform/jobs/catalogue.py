@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import fastjsonschema
@@ -27,6 +27,8 @@ class CatalogueTask:
     params_schema: dict
     #: JSON Schema of one item for a batch task (``switchyard.batch.batch_task``), else None.
     item_schema: dict | None = None
+    #: The batch task's ``check_item(item, tenant=...)``: what a schema cannot judge.
+    check_item: Callable[..., None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def accepts_batches(self) -> bool:
@@ -51,7 +53,8 @@ def catalogue() -> list[CatalogueTask]:
         doc = (task.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         found.append(CatalogueTask(name=name, lane=task.lane, description=doc,
                                    params_schema=task.params_schema or ANY_OBJECT,
-                                   item_schema=getattr(task, "item_schema", None)))
+                                   item_schema=getattr(task, "item_schema", None),
+                                   check_item=getattr(task, "check_item", None)))
     return found
 
 
@@ -80,20 +83,34 @@ def _message(error: fastjsonschema.JsonSchemaValueException) -> str:
     return message[len(name):].strip() if message.startswith(name) else message
 
 
-def validate_params(task: CatalogueTask, params: Any, *, field: str = "params") -> None:
-    """Raise ``InvalidParams`` naming the offending parameter (``params.seconds``)."""
+def validate_params(task: CatalogueTask, params: Any, *, field: str = "params",
+                    tenant: Any = None) -> None:
+    """Raise ``InvalidParams`` naming the offending parameter (``params.seconds``).
+    A batch task's items also go through its ``check_item`` (for ``tenant``)."""
     try:
         _validator(task.params_schema)(params)
     except fastjsonschema.JsonSchemaValueException as exc:
         raise InvalidParams(_message(exc), _field(field, exc)) from None
+    if task.check_item is not None:
+        _check_items(task, params.get("items", []), f"{field}.items", tenant)
 
 
-def validate_items(task: CatalogueTask, items: Sequence[Any]) -> None:
-    """Check every batch item against the task's item schema; the first bad one
-    is named by its index (``items.41017.path``)."""
+def validate_items(task: CatalogueTask, items: Sequence[Any], *, tenant: Any = None) -> None:
+    """Check every batch item against the task's item schema, then its
+    ``check_item``; the first bad one is named by its index (``items.41017.path``)."""
     check = _validator(task.item_schema or ANY_OBJECT)
     for index, item in enumerate(items):
         try:
             check(item)
         except fastjsonschema.JsonSchemaValueException as exc:
             raise InvalidParams(_message(exc), _field(f"items.{index}", exc)) from None
+    if task.check_item is not None:
+        _check_items(task, items, "items", tenant)
+
+
+def _check_items(task: CatalogueTask, items: Sequence[Any], prefix: str, tenant: Any) -> None:
+    for index, item in enumerate(items):
+        try:
+            task.check_item(item, tenant=tenant)
+        except InvalidParams as exc:
+            raise InvalidParams(exc.message, f"{prefix}.{index}.{exc.field}") from None

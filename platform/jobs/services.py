@@ -127,12 +127,15 @@ class SubmitOptions:
     link_error: Link | None = None
 
 
-def task_lane(task: str) -> topology.Lane:
-    """The lane ``task`` declared; ``UnknownTask`` if it is not a routable task."""
+def task_lane(task: str, params: Mapping[str, Any] | None = None) -> topology.Lane:
+    """The lane of ``task``: the one it declared, or with ``params`` the one it picks
+    for them (``SwitchyardTask.lane_for``); ``UnknownTask`` if it is not routable."""
     registered = app.tasks.get(task)
     lane_name = getattr(registered, "lane", None)
     if registered is None or lane_name is None:
         raise UnknownTask(f"unknown task {task!r}")
+    if params is not None:
+        lane_name = registered.lane_for(params)
     return topology.lane(lane_name)
 
 
@@ -190,7 +193,7 @@ def fingerprint(*parts: Any) -> str:
 def new_job(*, tenant: Tenant | None, task: str, params: Mapping[str, Any],
              priority: int | None, now: dt.datetime, absolute_priority: int | None = None,
              ) -> Job:
-    ln = task_lane(task)
+    ln = task_lane(task, params)
     tier = priorities.tier(tenant.tier) if tenant else priorities.DEFAULT_TIER
     return Job(
         tenant=tenant,
@@ -280,6 +283,9 @@ def _publish(job: Job, producer=None, **publish_options) -> None:
         expires=job.expires_at,
         headers=headers,
         producer=producer,
+        # The job's recorded lane, not the task's declared one: a task may pick
+        # its lane from its params (SwitchyardTask.lane_for) when it is submitted.
+        **routing_celery.route_for(job.task, job.lane, job.tier),
         **publish_options,
     )
 

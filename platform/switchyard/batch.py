@@ -24,12 +24,14 @@ from switchyard.celery import app
 MAX_ITEM_ERROR = 500
 
 
-def run_items(handle: Callable[[Any], Any], items: list) -> dict:
-    """Apply ``handle`` to each item; ``{"succeeded": n, "failed": [{"index", "error"}]}``."""
-    succeeded, failed = 0, []
+def run_items(handle: Callable[[Any], Any], items: list, *, keep_results: bool = False) -> dict:
+    """Apply ``handle`` to each item; ``{"succeeded": n, "failed": [{"index", "error"}]}``,
+    plus ``"results": [{"index", "result"}]`` of the items that succeeded with
+    ``keep_results``."""
+    succeeded, failed, results = 0, [], []
     for index, item in enumerate(items):
         try:
-            handle(item)
+            result = handle(item)
         except SoftTimeLimitExceeded:
             raise
         except Exception as exc:  # one bad item never sinks its chunk
@@ -37,15 +39,30 @@ def run_items(handle: Callable[[Any], Any], items: list) -> dict:
                            "error": f"{type(exc).__name__}: {exc}"[:MAX_ITEM_ERROR]})
         else:
             succeeded += 1
-    return {"succeeded": succeeded, "failed": failed}
+            if keep_results:
+                results.append({"index": index, "result": result})
+    outcome: dict[str, Any] = {"succeeded": succeeded, "failed": failed}
+    if keep_results:
+        outcome["results"] = results
+    return outcome
 
 
-def batch_task(*, name: str, lane: str, item_schema: dict, **options):
-    """Register ``handle(item)`` as the batch task ``name`` in ``lane``."""
+def batch_task(*, name: str, lane: str, item_schema: dict,
+               check_item: Callable[..., None] | None = None, keep_results: bool = False,
+               **options):
+    """Register ``handle(item)`` as the batch task ``name`` in ``lane``.
+
+    ``check_item(item, tenant=...)``, if given, is run by the API on every item
+    after the schema and raises ``jobs.catalogue.InvalidParams`` naming the field
+    (relative to the item) for input a schema cannot judge, such as a path that
+    leaves the tenant's storage; ``tenant`` may be None (a linked task's
+    params). With ``keep_results`` each chunk's result lists what every item
+    returned.
+    """
 
     def register(handle: Callable[[Any], Any]):
         def run(items: list) -> dict:
-            return run_items(handle, items)
+            return run_items(handle, items, keep_results=keep_results)
 
         run.__name__, run.__qualname__ = handle.__name__, handle.__qualname__
         run.__module__, run.__doc__ = handle.__module__, handle.__doc__
@@ -55,6 +72,8 @@ def batch_task(*, name: str, lane: str, item_schema: dict, **options):
             "required": ["items"],
             "additionalProperties": False,
         }
+        if check_item is not None:
+            options["check_item"] = staticmethod(check_item)
         return app.task(name=name, lane=lane, item_schema=item_schema,
                         params_schema=params_schema, **options)(run)
 

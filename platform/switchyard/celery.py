@@ -10,6 +10,8 @@ fed by ``routing``; this module wires the parts settings cannot express:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from celery import Celery, Task, signals
 from celery.exceptions import Ignore
@@ -32,6 +34,9 @@ class SwitchyardTask(Task):
     The lane gives its queue, routing key and default time limits. ``params_schema``
     (JSON Schema of its keyword arguments) is what the API validates and lists;
     ``public = False`` keeps a platform-internal task out of the API.
+
+    A task whose cost depends on its input (a thumbnail of a 10 MB image or of a
+    200 KB one) overrides ``lane_for`` to pick the lane from its parameters.
     """
 
     lane: str | None = None
@@ -47,6 +52,21 @@ class SwitchyardTask(Task):
             cls.time_limit = ln.time_limit
         if cls.soft_time_limit is None:
             cls.soft_time_limit = ln.soft_time_limit
+
+    def lane_for(self, params: Mapping[str, Any]) -> str:
+        """The lane a job of this task with ``params`` runs in; the declared lane by default.
+
+        Asked once per submission (``job_submit``, each batch chunk, a Celery-native
+        message's first delivery), never at publish time: the job record keeps the
+        answer and every publication of the job follows it. Must be cheap and must
+        not fail on bad params (validation refuses those elsewhere).
+        """
+        return self.lane
+
+    def chunk_lanes(self, chunks: Sequence[Sequence[Any]]) -> list[str]:
+        """``lane_for`` of each batch chunk (``{"items": chunk}``); a task may answer
+        all chunks in one go (one query rather than one per chunk)."""
+        return [self.lane_for({"items": list(chunk)}) for chunk in chunks]
 
     def __call__(self, *args, **kwargs):
         # Delivered by a broker (not called directly): the job record decides
