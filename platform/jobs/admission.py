@@ -56,8 +56,7 @@ def job_admit_native(*, task, task_id: str, args, kwargs) -> bool:
     delivery = request.delivery_info or {}
     tenant_name = getattr(request, routing_celery.TENANT_HEADER, None) or ""
     now = timezone.now()
-    lane = _lane_for(task, kwargs)
-    job = Job(id=task_id, task=task.name, lane=lane, tenant_name=tenant_name[:63] or "-",
+    job = Job(id=task_id, task=task.name, lane=task.lane, tenant_name=tenant_name[:63] or "-",
               params=jsonable(dict(kwargs or {})), submitted_at=now, published_at=now,
               expires_at=getattr(request, "expires", None) or None)
 
@@ -75,7 +74,8 @@ def job_admit_native(*, task, task_id: str, args, kwargs) -> bool:
         reason = "positional arguments are not accepted; pass keyword arguments"
 
     job.tier = tier.name
-    job.routing_key = topology.routing_key(lane, tier.name, task.name)
+    job.lane = _lane_for(task, kwargs, job.tenant)
+    job.routing_key = topology.routing_key(job.lane, tier.name, task.name)
     claimed = delivery.get("priority")
     job.priority = tier.clamp(claimed)
     if reason:
@@ -98,11 +98,11 @@ def job_admit_native(*, task, task_id: str, args, kwargs) -> bool:
     return False
 
 
-def _lane_for(task, kwargs) -> str:
+def _lane_for(task, kwargs, tenant: Tenant | None) -> str:
     """The lane the task picks for these params (as ``job_submit`` would); a message on
     another lane is re-published on this one, like one claiming the wrong tier."""
     try:
-        return topology.lane(task.lane_for(dict(kwargs or {}))).name
+        return topology.lane(task.lane_for(dict(kwargs or {}), tenant=tenant)).name
     except Exception:  # bad params: the task itself will refuse them, in its declared lane
         logger.warning("task %s could not pick a lane for a native message; using %s",
                        task.name, task.lane, exc_info=True)

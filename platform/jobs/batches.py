@@ -90,7 +90,8 @@ def batch_submit(*, tenant: Tenant, task: str, items: Sequence[Any],
     offsets = range(0, total, size)
     # Each chunk goes to the lane its items call for (SwitchyardTask.chunk_lanes):
     # a chunk of 10 MB images to slow, a chunk of renames to quick.
-    lanes = chunk_lanes(task, [items[offset:offset + size] for offset in offsets])
+    lanes = chunk_lanes(task, [items[offset:offset + size] for offset in offsets],
+                        tenant=tenant)
     batch = Batch(tenant=tenant, tenant_name=tenant.name, task=task,
                   lane=lanes[0] if len(set(lanes)) == 1 else MIXED_LANES,
                   tier=template.tier, priority=template.priority, total_items=total,
@@ -127,9 +128,9 @@ def batch_submit(*, tenant: Tenant, task: str, items: Sequence[Any],
     return batch, True
 
 
-def chunk_lanes(task: str, chunks: list[Sequence[Any]]) -> list[str]:
+def chunk_lanes(task: str, chunks: list[Sequence[Any]], *, tenant: Tenant) -> list[str]:
     """The lane of each chunk of ``task``, checked against the topology."""
-    lanes = app.tasks[task].chunk_lanes(chunks)
+    lanes = app.tasks[task].chunk_lanes(chunks, tenant=tenant)
     if len(lanes) != len(chunks):
         raise RuntimeError(f"{task}.chunk_lanes answered {len(lanes)} lanes for "
                            f"{len(chunks)} chunks")

@@ -127,7 +127,8 @@ class SubmitOptions:
     link_error: Link | None = None
 
 
-def task_lane(task: str, params: Mapping[str, Any] | None = None) -> topology.Lane:
+def task_lane(task: str, params: Mapping[str, Any] | None = None, *,
+              tenant: Tenant | None = None) -> topology.Lane:
     """The lane of ``task``: the one it declared, or with ``params`` the one it picks
     for them (``SwitchyardTask.lane_for``); ``UnknownTask`` if it is not routable."""
     registered = app.tasks.get(task)
@@ -135,7 +136,7 @@ def task_lane(task: str, params: Mapping[str, Any] | None = None) -> topology.La
     if registered is None or lane_name is None:
         raise UnknownTask(f"unknown task {task!r}")
     if params is not None:
-        lane_name = registered.lane_for(params)
+        lane_name = registered.lane_for(params, tenant=tenant)
     return topology.lane(lane_name)
 
 
@@ -193,7 +194,7 @@ def fingerprint(*parts: Any) -> str:
 def new_job(*, tenant: Tenant | None, task: str, params: Mapping[str, Any],
              priority: int | None, now: dt.datetime, absolute_priority: int | None = None,
              ) -> Job:
-    ln = task_lane(task, params)
+    ln = task_lane(task, params, tenant=tenant)
     tier = priorities.tier(tenant.tier) if tenant else priorities.DEFAULT_TIER
     return Job(
         tenant=tenant,

@@ -24,10 +24,12 @@ from switchyard.celery import app
 MAX_ITEM_ERROR = 500
 
 
-def run_items(handle: Callable[[Any], Any], items: list, *, keep_results: bool = False) -> dict:
+def run_items(handle: Callable[[Any], Any], items: list, *, keep_results: bool = False,
+              single_item_raises: bool = False) -> dict:
     """Apply ``handle`` to each item; ``{"succeeded": n, "failed": [{"index", "error"}]}``,
     plus ``"results": [{"index", "result"}]`` of the items that succeeded with
-    ``keep_results``."""
+    ``keep_results``. With ``single_item_raises`` a job of one item fails (raises)
+    when its item does: a one-file job reads ``failed``, not ``succeeded``."""
     succeeded, failed, results = 0, [], []
     for index, item in enumerate(items):
         try:
@@ -35,6 +37,8 @@ def run_items(handle: Callable[[Any], Any], items: list, *, keep_results: bool =
         except SoftTimeLimitExceeded:
             raise
         except Exception as exc:  # one bad item never sinks its chunk
+            if single_item_raises and len(items) == 1:
+                raise
             failed.append({"index": index,
                            "error": f"{type(exc).__name__}: {exc}"[:MAX_ITEM_ERROR]})
         else:
@@ -49,7 +53,7 @@ def run_items(handle: Callable[[Any], Any], items: list, *, keep_results: bool =
 
 def batch_task(*, name: str, lane: str, item_schema: dict,
                check_item: Callable[..., None] | None = None, keep_results: bool = False,
-               **options):
+               single_item_raises: bool = False, **options):
     """Register ``handle(item)`` as the batch task ``name`` in ``lane``.
 
     ``check_item(item, tenant=...)``, if given, is run by the API on every item
@@ -57,12 +61,13 @@ def batch_task(*, name: str, lane: str, item_schema: dict,
     (relative to the item) for input a schema cannot judge, such as a path that
     leaves the tenant's storage; ``tenant`` may be None (a linked task's
     params). With ``keep_results`` each chunk's result lists what every item
-    returned.
+    returned. ``single_item_raises``: see ``run_items``.
     """
 
     def register(handle: Callable[[Any], Any]):
         def run(items: list) -> dict:
-            return run_items(handle, items, keep_results=keep_results)
+            return run_items(handle, items, keep_results=keep_results,
+                             single_item_raises=single_item_raises)
 
         run.__name__, run.__qualname__ = handle.__name__, handle.__qualname__
         run.__module__, run.__doc__ = handle.__module__, handle.__doc__

@@ -53,8 +53,9 @@ class SwitchyardTask(Task):
         if cls.soft_time_limit is None:
             cls.soft_time_limit = ln.soft_time_limit
 
-    def lane_for(self, params: Mapping[str, Any]) -> str:
-        """The lane a job of this task with ``params`` runs in; the declared lane by default.
+    def lane_for(self, params: Mapping[str, Any], *, tenant: Any = None) -> str:
+        """The lane a job of this task with ``params`` for ``tenant`` (None: the
+        platform's own work) runs in; the declared lane by default.
 
         Asked once per submission (``job_submit``, each batch chunk, a Celery-native
         message's first delivery), never at publish time: the job record keeps the
@@ -63,10 +64,10 @@ class SwitchyardTask(Task):
         """
         return self.lane
 
-    def chunk_lanes(self, chunks: Sequence[Sequence[Any]]) -> list[str]:
+    def chunk_lanes(self, chunks: Sequence[Sequence[Any]], *, tenant: Any = None) -> list[str]:
         """``lane_for`` of each batch chunk (``{"items": chunk}``); a task may answer
         all chunks in one go (one query rather than one per chunk)."""
-        return [self.lane_for({"items": list(chunk)}) for chunk in chunks]
+        return [self.lane_for({"items": list(chunk)}, tenant=tenant) for chunk in chunks]
 
     def __call__(self, *args, **kwargs):
         # Delivered by a broker (not called directly): the job record decides

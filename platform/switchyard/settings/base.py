@@ -4,6 +4,7 @@ See docs/operations.md for the reference of each variable (a test keeps it compl
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -49,6 +50,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "tenants",
     "jobs",
+    "media",
     "demo",
 ]
 
@@ -126,6 +128,46 @@ SWITCHYARD_MAX_BATCH_BODY_BYTES = env_int("SWITCHYARD_MAX_BATCH_BODY_BYTES", 64 
 SWITCHYARD_MAX_BATCH_ITEMS = env_int("SWITCHYARD_MAX_BATCH_ITEMS", 100_000)
 # Django's own backstop (a body without Content-Length); the middleware is stricter.
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(SWITCHYARD_MAX_BODY_BYTES, SWITCHYARD_MAX_BATCH_BODY_BYTES)
+
+# Media ------------------------------------------------------------------------------------
+# docs/media.md. Files go through Django's storage API (the "media" storage below):
+# FileSystemStorage under SWITCHYARD_MEDIA_ROOT by default, S3 through django-storages
+# (SWITCHYARD_MEDIA_STORAGE=storages.backends.s3.S3Storage) in production.
+# https://docs.djangoproject.com/en/5.2/ref/settings/#storages
+SWITCHYARD_MEDIA_ROOT = Path(os.environ.get("SWITCHYARD_MEDIA_ROOT") or VAR_DIR / "media")
+# Files a tenant may import by path live under <import root>/<tenant name>/.
+SWITCHYARD_MEDIA_IMPORT_ROOT = Path(os.environ.get("SWITCHYARD_MEDIA_IMPORT_ROOT")
+                                    or VAR_DIR / "import")
+SWITCHYARD_MEDIA_STORAGE = (os.environ.get("SWITCHYARD_MEDIA_STORAGE")
+                            or "django.core.files.storage.FileSystemStorage")
+# Keyword arguments of the storage class, as JSON (e.g. {"bucket_name": "media"} for S3).
+# The local default writes over a file of the same name: tasks rewrite the same key on a
+# rerun instead of leaving a second copy beside it.
+SWITCHYARD_MEDIA_STORAGE_OPTIONS = json.loads(
+    os.environ.get("SWITCHYARD_MEDIA_STORAGE_OPTIONS") or "null"
+) or ({"location": str(SWITCHYARD_MEDIA_ROOT), "allow_overwrite": True}
+      if SWITCHYARD_MEDIA_STORAGE.endswith("FileSystemStorage") else {})
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "media": {"BACKEND": SWITCHYARD_MEDIA_STORAGE, "OPTIONS": SWITCHYARD_MEDIA_STORAGE_OPTIONS},
+}
+# A job that reads or writes at least this many bytes (an upload, the images behind a
+# thumbnail or copy job, summed over a batch chunk) runs in the slow lane; less, quick.
+SWITCHYARD_MEDIA_SLOW_LANE_BYTES = env_int("SWITCHYARD_MEDIA_SLOW_LANE_BYTES", 1024 * 1024)
+SWITCHYARD_MEDIA_MAX_FILE_BYTES = env_int("SWITCHYARD_MEDIA_MAX_FILE_BYTES", 50 * 1024 * 1024)
+# Largest multipart body of POST /api/v1/media/uploads (several files at once).
+SWITCHYARD_MEDIA_MAX_UPLOAD_BODY_BYTES = env_int("SWITCHYARD_MEDIA_MAX_UPLOAD_BODY_BYTES",
+                                                 256 * 1024 * 1024)
+# Images claiming more pixels are refused as decompression bombs before decoding.
+SWITCHYARD_MEDIA_MAX_PIXELS = env_int("SWITCHYARD_MEDIA_MAX_PIXELS", 90_000_000)
+# Longest edge of each thumbnail, in pixels.
+SWITCHYARD_MEDIA_THUMBNAIL_SIZES = sorted({
+    int(size) for size in (os.environ.get("SWITCHYARD_MEDIA_THUMBNAIL_SIZES")
+                           or "128,512,1024").split(",") if size.strip()
+})
+SWITCHYARD_MEDIA_TRASH_RETENTION_DAYS = env_int("SWITCHYARD_MEDIA_TRASH_RETENTION_DAYS", 30)
+SWITCHYARD_MEDIA_PURGE_EVERY = float(os.environ.get("SWITCHYARD_MEDIA_PURGE_EVERY") or 3600)
 
 LOGGING = {
     "version": 1,
@@ -222,6 +264,11 @@ CELERY_BEAT_SCHEDULE = {
     "jobs-prune-finished": {
         "task": "jobs.prune_finished",
         "schedule": 3600.0,
+    },
+    # Permanently delete files trashed more than SWITCHYARD_MEDIA_TRASH_RETENTION_DAYS ago.
+    "media-purge-trashed": {
+        "task": "media.purge_trashed",
+        "schedule": SWITCHYARD_MEDIA_PURGE_EVERY,
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")

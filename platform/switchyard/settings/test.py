@@ -11,7 +11,7 @@ import secrets
 from routing.management import with_vhost
 
 from .base import *  # noqa: F403
-from .base import CELERY_BROKER_URL, DATABASES
+from .base import CELERY_BROKER_URL, DATABASES, VAR_DIR
 
 TEST_RUN_ID = os.environ.setdefault(
     "SWITCHYARD_TEST_RUN_ID", f"{os.getpid()}-{secrets.token_hex(3)}"
@@ -22,9 +22,17 @@ CELERY_BROKER_URL = with_vhost(CELERY_BROKER_URL, TEST_VHOST)
 _db_test_name = f"test_switchyard_{TEST_RUN_ID.replace('-', '_')}"
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not memory: worker processes started by the tests must see it.
-    from .base import VAR_DIR
-
     _db_test_name = str(VAR_DIR / f"{_db_test_name}.sqlite3")
 DATABASES["default"]["TEST"] = {"NAME": _db_test_name}
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Media files of this run, shared with the worker processes the tests start
+# (they read the same variables through the base settings).
+_media_dir = VAR_DIR / "test-media" / TEST_RUN_ID
+SWITCHYARD_MEDIA_ROOT = _media_dir / "storage"
+SWITCHYARD_MEDIA_IMPORT_ROOT = _media_dir / "import"
+os.environ["SWITCHYARD_MEDIA_ROOT"] = str(SWITCHYARD_MEDIA_ROOT)
+os.environ["SWITCHYARD_MEDIA_IMPORT_ROOT"] = str(SWITCHYARD_MEDIA_IMPORT_ROOT)
+STORAGES["media"]["OPTIONS"] = {"location": str(SWITCHYARD_MEDIA_ROOT),  # noqa: F405
+                                "allow_overwrite": True}

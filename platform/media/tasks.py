@@ -1,0 +1,303 @@
+"""Media tasks: one function per file, each a batch task (``switchyard.batch``).
+
+Every task takes ``{"items": [...]}``: one item is one file, so a job may
+carry one file (``POST /api/v1/jobs``; a failure fails the job) or a batch
+chunk of many (``POST /api/v1/batches``, ``POST /api/v1/media/operations``;
+each failed file is reported and the chunk goes on).
+
+Lanes by cost (``MediaTask.lane_for``): uploads, thumbnails and copies read
+and write image bytes, so a job (or chunk) whose files add up to
+``SWITCHYARD_MEDIA_SLOW_LANE_BYTES`` or more runs in ``slow``, a smaller one in
+``quick``. Rename, move, trash, restore and delete touch one row (and delete a
+few keys): always ``quick``.
+
+The tenant is the job's (its record exists before the task runs, for the API's
+jobs and for Celery-native messages alike); a file of another tenant is
+"no such file".
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from celery import current_task
+from django.conf import settings
+
+from jobs.catalogue import InvalidParams
+from media import storage
+from media.models import File
+from media.paths import PathRefused, clean_folder, clean_name, resolve_source
+from media.selectors import file_get, file_sizes
+from media.services import (
+    ON_CLASH,
+    Refused,
+    file_copy,
+    file_delete,
+    file_import,
+    file_move,
+    file_purge_trashed,
+    file_rename,
+    file_restore,
+    file_thumbnail,
+    file_trash,
+    file_upload_staged,
+    operation_key,
+)
+from routing import topology
+from switchyard.batch import batch_task
+from switchyard.celery import SwitchyardTask, app
+from tenants.models import Tenant
+
+_TOKEN = re.compile(r"^[0-9a-f]{32}$")
+
+
+class MediaTask(SwitchyardTask):
+    """A media task whose lane follows the bytes its files weigh (``costing``)."""
+
+    #: ``costing(chunks, tenant) -> [bytes per chunk]``; None: the declared lane.
+    costing: Callable[[Sequence[Sequence[Any]], Tenant], list[int]] | None = None
+
+    def lane_for(self, params: Mapping[str, Any], *, tenant: Any = None) -> str:
+        items = params.get("items") if isinstance(params, Mapping) else None
+        if not isinstance(items, list) or not items:
+            return self.lane
+        return self.chunk_lanes([items], tenant=tenant)[0]
+
+    def chunk_lanes(self, chunks: Sequence[Sequence[Any]], *, tenant: Any = None) -> list[str]:
+        if self.costing is None or tenant is None:
+            return [self.lane] * len(chunks)
+        return [lane_for_bytes(weight) for weight in self.costing(chunks, tenant)]
+
+
+def lane_for_bytes(weight: int) -> str:
+    """``slow`` from ``SWITCHYARD_MEDIA_SLOW_LANE_BYTES`` up, else ``quick``."""
+    heavy = weight >= settings.SWITCHYARD_MEDIA_SLOW_LANE_BYTES
+    return topology.SLOW.name if heavy else topology.QUICK.name
+
+
+def _files_weight(chunks: Sequence[Sequence[Any]], tenant: Tenant) -> list[int]:
+    ids = [item.get("file") for chunk in chunks for item in chunk if isinstance(item, dict)]
+    sizes = file_sizes(tenant=tenant, file_ids=ids)
+    return [sum(sizes.get(str(item.get("file")), 0) for item in chunk
+                if isinstance(item, dict)) for chunk in chunks]
+
+
+def _upload_weight(chunks: Sequence[Sequence[Any]], tenant: Tenant) -> list[int]:
+    def weight(item: Any) -> int:
+        if not isinstance(item, dict):
+            return 0
+        if isinstance(item.get("staged"), str) and _TOKEN.match(item["staged"]):
+            return storage.size_of(storage.staging_key(tenant.name, item["staged"])) or 0
+        try:
+            return resolve_source(item.get("source"), tenant_name=tenant.name).stat().st_size
+        except (PathRefused, OSError):
+            return 0  # refused by check_item, or by the task with its reason
+
+    return [sum(weight(item) for item in chunk) for chunk in chunks]
+
+
+# Item schemas and checks ----------------------------------------------------------------
+
+_FILE = {"type": "string", "minLength": 32, "maxLength": 36, "description": "a file id"}
+_FOLDER = {"type": "string", "maxLength": 1000,
+           "description": "relative folder, '/'-separated; '' is the top folder"}
+_NAME = {"type": "string", "minLength": 1, "maxLength": 255}
+_ON_CLASH = {"enum": list(ON_CLASH), "description": "when the name is taken: refuse "
+             "(default), rename ('a (2).jpg') or replace (the other file goes to the trash)"}
+
+
+def _schema(properties: dict, required: list[str]) -> dict:
+    return {"type": "object", "properties": properties, "required": required,
+            "additionalProperties": False}
+
+
+def _check_path(item: Mapping, key: str, cleaner) -> None:
+    if key in item:
+        try:
+            cleaner(item[key], field=key)
+        except PathRefused as exc:
+            raise InvalidParams(exc.message, exc.field) from None
+
+
+def _check_file(item: Mapping) -> None:
+    try:
+        uuid.UUID(str(item.get("file")))
+    except ValueError:
+        raise InvalidParams(f"{item.get('file')!r} is not a file id", "file") from None
+
+
+def check_file_item(item: Mapping, *, tenant: Any = None) -> None:
+    """A file operation's item: a file id, a confined folder and name."""
+    _check_file(item)
+    _check_path(item, "to_folder", clean_folder)
+    _check_path(item, "name", clean_name)
+
+
+def check_upload_item(item: Mapping, *, tenant: Any = None) -> None:
+    """An upload: exactly one of ``source`` (inside the tenant's import folder,
+    symbolic links resolved) or ``staged``; a confined folder and name."""
+    if ("source" in item) == ("staged" in item):
+        raise InvalidParams("give either source (a path in your import folder) or staged "
+                            "(a token from POST /api/v1/media/uploads)", "source")
+    if "staged" in item and not _TOKEN.match(str(item["staged"])):
+        raise InvalidParams("not a staged upload token", "staged")
+    _check_path(item, "folder", clean_folder)
+    _check_path(item, "name", clean_name)
+    if "source" in item:
+        try:
+            if tenant is not None:
+                resolve_source(item["source"], tenant_name=tenant.name)
+            else:
+                clean_folder(item["source"], field="source")
+        except PathRefused as exc:
+            raise InvalidParams(exc.message, exc.field) from None
+
+
+# Per-job context --------------------------------------------------------------------------
+
+_context: dict[str, Any] = {}
+
+
+def _job() -> tuple[Tenant, str, str]:
+    """``(tenant, job id, task name)`` of the running job (read once per job)."""
+    request = current_task.request
+    if _context.get("job") != request.id:
+        tenant = Tenant.objects.filter(jobs__id=request.id).first()
+        if tenant is None:
+            raise Refused("media tasks run for a tenant; this job has none")
+        _context.update(job=request.id, tenant=tenant)
+    return _context["tenant"], request.id, current_task.name
+
+
+def _file(item: Mapping, tenant: Tenant) -> File:
+    file = file_get(tenant=tenant, file_id=item.get("file"))
+    if file is None:
+        raise Refused(f"no file {item.get('file')}")
+    return file
+
+
+def _op(item: Mapping) -> tuple[Tenant, str]:
+    tenant, job_id, name = _job()
+    return tenant, operation_key(job_id, name, dict(item))
+
+
+def _summary(file: File) -> dict:
+    return {"file": str(file.id), "path": file.path, "state": file.state}
+
+
+_OPTS = {"keep_results": True, "single_item_raises": True}
+
+
+# Tasks ----------------------------------------------------------------------------------
+
+@batch_task(
+    name="media.upload", lane="slow", base=MediaTask, costing=staticmethod(_upload_weight),
+    check_item=check_upload_item, **_OPTS,
+    item_schema=_schema({
+        "source": {"type": "string", "maxLength": 2000,
+                   "description": "a path inside your import folder"},
+        "staged": {"type": "string", "description": "token of a file sent to "
+                   "POST /api/v1/media/uploads"},
+        "folder": _FOLDER, "name": _NAME, "on_clash": _ON_CLASH,
+        "thumbnails": {"type": "boolean", "description": "make thumbnails too (default true)"},
+    }, []),
+)
+def upload(item: dict) -> dict:
+    """Store an image (checked by content: JPEG, PNG or WebP) and make its thumbnails."""
+    tenant, operation = _op(item)
+    options = {"folder": item.get("folder", ""), "on_clash": item.get("on_clash", "refuse"),
+               "thumbnails": item.get("thumbnails", True)}
+    if "staged" in item:
+        file = file_upload_staged(tenant=tenant, token=item["staged"],
+                                  name=item.get("name", ""), **options)
+    else:
+        file = file_import(tenant=tenant, source=item.get("source"), name=item.get("name"),
+                           operation=operation, **options)
+    return {**_summary(file), "size": file.size, "content_type": file.content_type}
+
+
+@batch_task(
+    name="media.thumbnail", lane="slow", base=MediaTask, costing=staticmethod(_files_weight),
+    check_item=check_file_item, **_OPTS,
+    item_schema=_schema({"file": _FILE, "format": {"enum": ["JPEG", "PNG", "WEBP"]}},
+                        ["file"]),
+)
+def make_thumbnails(item: dict) -> dict:
+    """(Re)make a file's thumbnails in every configured size (EXIF orientation applied)."""
+    tenant, _ = _op(item)
+    file = file_thumbnail(file=_file(item, tenant), image_format=item.get("format"))
+    return {**_summary(file), "thumbnails": sorted(file.thumbnails, key=int)}
+
+
+@batch_task(
+    name="media.rename", lane="quick", check_item=check_file_item, **_OPTS,
+    item_schema=_schema({"file": _FILE, "name": _NAME, "on_clash": _ON_CLASH},
+                        ["file", "name"]),
+)
+def rename(item: dict) -> dict:
+    """Rename a file in its folder."""
+    tenant, operation = _op(item)
+    return _summary(file_rename(file=_file(item, tenant), name=item["name"],
+                                on_clash=item.get("on_clash", "refuse"), operation=operation))
+
+
+@batch_task(
+    name="media.move", lane="quick", check_item=check_file_item, **_OPTS,
+    item_schema=_schema({"file": _FILE, "to_folder": _FOLDER, "name": _NAME,
+                         "on_clash": _ON_CLASH}, ["file", "to_folder"]),
+)
+def move(item: dict) -> dict:
+    """Move a file to another folder (optionally under a new name)."""
+    tenant, operation = _op(item)
+    return _summary(file_move(file=_file(item, tenant), folder=item["to_folder"],
+                              name=item.get("name"), on_clash=item.get("on_clash", "refuse"),
+                              operation=operation))
+
+
+@batch_task(
+    name="media.copy", lane="slow", base=MediaTask, costing=staticmethod(_files_weight),
+    check_item=check_file_item, **_OPTS,
+    item_schema=_schema({"file": _FILE, "to_folder": _FOLDER, "name": _NAME,
+                         "on_clash": _ON_CLASH}, ["file", "to_folder"]),
+)
+def copy(item: dict) -> dict:
+    """Copy a file, with its thumbnails, to a folder (optionally under a new name)."""
+    tenant, operation = _op(item)
+    made = file_copy(file=_file(item, tenant), folder=item["to_folder"], name=item.get("name"),
+                     on_clash=item.get("on_clash", "refuse"), operation=operation)
+    return {**_summary(made), "source": item["file"]}
+
+
+@batch_task(name="media.trash", lane="quick", check_item=check_file_item, **_OPTS,
+            item_schema=_schema({"file": _FILE}, ["file"]))
+def trash(item: dict) -> dict:
+    """Move a file to the trash: restorable until the purge deletes it."""
+    tenant, _ = _op(item)
+    return _summary(file_trash(file=_file(item, tenant)))
+
+
+@batch_task(name="media.restore", lane="quick", check_item=check_file_item, **_OPTS,
+            item_schema=_schema({"file": _FILE, "on_clash": _ON_CLASH}, ["file"]))
+def restore(item: dict) -> dict:
+    """Bring a trashed file back to its folder and name."""
+    tenant, operation = _op(item)
+    return _summary(file_restore(file=_file(item, tenant),
+                                 on_clash=item.get("on_clash", "refuse"), operation=operation))
+
+
+@batch_task(name="media.delete", lane="quick", check_item=check_file_item, **_OPTS,
+            item_schema=_schema({"file": _FILE}, ["file"]))
+def delete(item: dict) -> dict:
+    """Delete a file for good: its original and thumbnails leave the storage."""
+    tenant, _ = _op(item)
+    return _summary(file_delete(file=_file(item, tenant)))
+
+
+@app.task(name="media.purge_trashed", lane="slow", public=False)
+def purge_trashed() -> dict:
+    """Delete files trashed longer than SWITCHYARD_MEDIA_TRASH_RETENTION_DAYS (beat)."""
+    age = dt.timedelta(days=settings.SWITCHYARD_MEDIA_TRASH_RETENTION_DAYS)
+    return {"purged": file_purge_trashed(older_than=age)}
