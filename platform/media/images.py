@@ -39,6 +39,8 @@ class Decoded:
     height: int
     #: Decoded pixels, orientation applied (possibly at a reduced scale).
     image: Image.Image
+    #: The stored bytes show the image as it is meant to be seen (no EXIF turn).
+    upright: bool = True
 
 
 def decode(data: bytes, *, max_bytes: int, max_pixels: int, draft_edge: int | None = None
@@ -80,22 +82,24 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int, draft_edge: int | No
         width, height = height, width
     upright = ImageOps.exif_transpose(image)
     return Decoded(format=image_format, content_type=CONTENT_TYPES[image_format], width=width,
-                   height=height, image=upright)
+                   height=height, image=upright, upright=orientation in (None, 1))
 
 
-def thumbnail(image: Image.Image, *, edge: int, image_format: str) -> tuple[bytes, int, int]:
+def thumbnail(image: Image.Image, *, edge: int, image_format: str
+              ) -> tuple[bytes, Image.Image]:
     """``image`` scaled to fit ``edge`` x ``edge`` (aspect kept, never enlarged),
-    encoded as ``image_format``: ``(bytes, width, height)``."""
-    thumb = image.copy()
+    encoded as ``image_format``: ``(bytes, the scaled image)``."""
+    thumb = image.copy() if max(image.size) > edge else image
     thumb.thumbnail((edge, edge))
-    if thumb.mode not in _SAVE_MODES[image_format]:
-        has_alpha = "A" in thumb.getbands() or "transparency" in thumb.info
-        thumb = thumb.convert("RGBA" if has_alpha and image_format != "JPEG" else "RGB")
+    encoded = thumb
+    if encoded.mode not in _SAVE_MODES[image_format]:
+        has_alpha = "A" in encoded.getbands() or "transparency" in encoded.info
+        encoded = encoded.convert("RGBA" if has_alpha and image_format != "JPEG" else "RGB")
     out = io.BytesIO()
     if image_format == "JPEG":
-        thumb.save(out, "JPEG", quality=85)
+        encoded.save(out, "JPEG", quality=85)
     elif image_format == "WEBP":
-        thumb.save(out, "WEBP", quality=85)
+        encoded.save(out, "WEBP", quality=85)
     else:
-        thumb.save(out, "PNG", compress_level=6)
-    return out.getvalue(), thumb.width, thumb.height
+        encoded.save(out, "PNG", compress_level=6)
+    return out.getvalue(), thumb

@@ -141,15 +141,28 @@ def _set_trashed(file: File) -> None:
 
 # Bytes --------------------------------------------------------------------------------------
 
-def _write_thumbnails(file_id: uuid.UUID, tenant_name: str, image, image_format: str) -> dict:
+def _write_thumbnails(file_id: uuid.UUID, tenant_name: str, decoded, image_format: str, *,
+                      original: tuple[str, int]) -> dict:
+    """Thumbnails of ``decoded`` in every configured size. A size the original already
+    fits, in the original's format and upright, IS the original: its entry points at
+    the original's key (``original``: key and bytes) instead of a re-encoded copy."""
     made = {}
-    for edge in settings.SWITCHYARD_MEDIA_THUMBNAIL_SIZES:
-        data, width, height = thumbnail(image, edge=edge, image_format=image_format)
+    image = decoded.image
+    # Largest first, each scaled from the one before: a 128 px thumbnail is drawn
+    # from the 512 px one, not from 20 megapixels again.
+    for edge in sorted(settings.SWITCHYARD_MEDIA_THUMBNAIL_SIZES, reverse=True):
+        if (max(decoded.width, decoded.height) <= edge and image_format == decoded.format
+                and decoded.upright):
+            key, size = original
+            made[str(edge)] = {"key": key, "width": decoded.width, "height": decoded.height,
+                               "format": image_format, "bytes": size}
+            continue
+        data, image = thumbnail(image, edge=edge, image_format=image_format)
         key = storage.thumbnail_key(tenant_name, file_id, edge, image_format)
         storage.write_bytes(key, data)
-        made[str(edge)] = {"key": key, "width": width, "height": height,
+        made[str(edge)] = {"key": key, "width": image.width, "height": image.height,
                            "format": image_format, "bytes": len(data)}
-    return made
+    return dict(sorted(made.items(), key=lambda item: int(item[0])))
 
 
 def _remove_bytes(keys: Iterable[str], file_dir: str) -> None:
@@ -176,8 +189,8 @@ def _ingest(*, tenant: Tenant, file_id: uuid.UUID, data: bytes, folder: str, nam
     decoded = _decode(data, thumbnails=thumbnails)
     key = storage.original_key(tenant.name, file_id, decoded.format)
     storage.write_bytes(key, data)
-    thumbs = (_write_thumbnails(file_id, tenant.name, decoded.image, decoded.format)
-              if thumbnails else {})
+    thumbs = (_write_thumbnails(file_id, tenant.name, decoded, decoded.format,
+                                original=(key, len(data))) if thumbnails else {})
     file = File(id=file_id, tenant=tenant, size=len(data), content_type=decoded.content_type,
                 width=decoded.width, height=decoded.height,
                 checksum=hashlib.sha256(data).hexdigest(), storage_key=key, thumbnails=thumbs)
@@ -258,13 +271,14 @@ def file_thumbnail(*, file: File, image_format: str | None = None) -> File:
     image_format = (image_format or decoded.format).upper()
     if image_format not in storage.EXTENSIONS:
         raise Refused(f"format must be JPEG, PNG or WEBP, got {image_format!r}")
-    made = _write_thumbnails(file.id, file.tenant.name, decoded.image, image_format)
-    keep = {t["key"] for t in made.values()}
+    made = _write_thumbnails(file.id, file.tenant.name, decoded, image_format,
+                             original=(file.storage_key, file.size))
+    keep = {t["key"] for t in made.values()} | {file.storage_key}
     stale = [t["key"] for t in (file.thumbnails or {}).values() if t["key"] not in keep]
     updated = File.objects.filter(id=file.id).exclude(state=File.State.DELETED).update(
         thumbnails=made, updated_at=timezone.now())
     if not updated:  # deleted while we worked: leave nothing behind
-        _remove_bytes(keep, storage.file_dir(file.tenant.name, file.id))
+        _remove_bytes([*keep], storage.file_dir(file.tenant.name, file.id))
         raise Refused(f"file {file.id} was deleted meanwhile")
     for key in stale:
         storage.delete_key(key)
@@ -320,6 +334,9 @@ def file_copy(*, file: File, folder: str, name: str | None = None, on_clash: str
     storage.write_bytes(key, _read_original(file))
     thumbs = {}
     for edge, thumb in (file.thumbnails or {}).items():
+        if thumb["key"] == file.storage_key:  # this size is the original itself
+            thumbs[edge] = {**thumb, "key": key}
+            continue
         new_key = storage.thumbnail_key(tenant_name, copy_id, int(edge), thumb["format"])
         storage.write_bytes(new_key, storage.read_bytes(thumb["key"], limit=thumb["bytes"]))
         thumbs[edge] = {**thumb, "key": new_key}

@@ -6,10 +6,11 @@ chunk of many (``POST /api/v1/batches``, ``POST /api/v1/media/operations``;
 each failed file is reported and the chunk goes on).
 
 Lanes by cost (``MediaTask.lane_for``): uploads, thumbnails and copies read
-and write image bytes, so a job (or chunk) whose files add up to
-``SWITCHYARD_MEDIA_SLOW_LANE_BYTES`` or more runs in ``slow``, a smaller one in
-``quick``. Rename, move, trash, restore and delete touch one row (and delete a
-few keys): always ``quick``.
+and write image bytes, so a job (or batch chunk) with a file of
+``SWITCHYARD_MEDIA_SLOW_LANE_BYTES`` or more, or whose files add up to
+``SWITCHYARD_MEDIA_QUICK_CHUNK_BYTES`` or more, runs in ``slow``; small files
+in ``quick``. Rename, move, trash, restore and delete touch one row (and delete
+a few keys): always ``quick``.
 
 The tenant is the job's (its record exists before the task runs, for the API's
 jobs and for Celery-native messages alike); a file of another tenant is
@@ -57,8 +58,9 @@ _TOKEN = re.compile(r"^[0-9a-f]{32}$")
 class MediaTask(SwitchyardTask):
     """A media task whose lane follows the bytes its files weigh (``costing``)."""
 
-    #: ``costing(chunks, tenant) -> [bytes per chunk]``; None: the declared lane.
-    costing: Callable[[Sequence[Sequence[Any]], Tenant], list[int]] | None = None
+    #: ``costing(chunks, tenant) -> [[bytes of each file] per chunk]``; None: the
+    #: declared lane.
+    costing: Callable[[Sequence[Sequence[Any]], Tenant], list[list[int]]] | None = None
 
     def lane_for(self, params: Mapping[str, Any], *, tenant: Any = None) -> str:
         items = params.get("items") if isinstance(params, Mapping) else None
@@ -69,23 +71,25 @@ class MediaTask(SwitchyardTask):
     def chunk_lanes(self, chunks: Sequence[Sequence[Any]], *, tenant: Any = None) -> list[str]:
         if self.costing is None or tenant is None:
             return [self.lane] * len(chunks)
-        return [lane_for_bytes(weight) for weight in self.costing(chunks, tenant)]
+        return [lane_for_sizes(sizes) for sizes in self.costing(chunks, tenant)]
 
 
-def lane_for_bytes(weight: int) -> str:
-    """``slow`` from ``SWITCHYARD_MEDIA_SLOW_LANE_BYTES`` up, else ``quick``."""
-    heavy = weight >= settings.SWITCHYARD_MEDIA_SLOW_LANE_BYTES
+def lane_for_sizes(sizes: Sequence[int]) -> str:
+    """``slow`` for a large file (``SWITCHYARD_MEDIA_SLOW_LANE_BYTES``) or many bytes in
+    all (``SWITCHYARD_MEDIA_QUICK_CHUNK_BYTES``), else ``quick``."""
+    heavy = (max(sizes, default=0) >= settings.SWITCHYARD_MEDIA_SLOW_LANE_BYTES
+             or sum(sizes) >= settings.SWITCHYARD_MEDIA_QUICK_CHUNK_BYTES)
     return topology.SLOW.name if heavy else topology.QUICK.name
 
 
-def _files_weight(chunks: Sequence[Sequence[Any]], tenant: Tenant) -> list[int]:
+def _files_weight(chunks: Sequence[Sequence[Any]], tenant: Tenant) -> list[list[int]]:
     ids = [item.get("file") for chunk in chunks for item in chunk if isinstance(item, dict)]
     sizes = file_sizes(tenant=tenant, file_ids=ids)
-    return [sum(sizes.get(str(item.get("file")), 0) for item in chunk
-                if isinstance(item, dict)) for chunk in chunks]
+    return [[sizes.get(str(item.get("file")), 0) for item in chunk if isinstance(item, dict)]
+            for chunk in chunks]
 
 
-def _upload_weight(chunks: Sequence[Sequence[Any]], tenant: Tenant) -> list[int]:
+def _upload_weight(chunks: Sequence[Sequence[Any]], tenant: Tenant) -> list[list[int]]:
     def weight(item: Any) -> int:
         if not isinstance(item, dict):
             return 0
@@ -96,7 +100,7 @@ def _upload_weight(chunks: Sequence[Sequence[Any]], tenant: Tenant) -> list[int]
         except (PathRefused, OSError):
             return 0  # refused by check_item, or by the task with its reason
 
-    return [sum(weight(item) for item in chunk) for chunk in chunks]
+    return [[weight(item) for item in chunk] for chunk in chunks]
 
 
 # Item schemas and checks ----------------------------------------------------------------

@@ -152,9 +152,12 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     "media": {"BACKEND": SWITCHYARD_MEDIA_STORAGE, "OPTIONS": SWITCHYARD_MEDIA_STORAGE_OPTIONS},
 }
-# A job that reads or writes at least this many bytes (an upload, the images behind a
-# thumbnail or copy job, summed over a batch chunk) runs in the slow lane; less, quick.
+# An upload, thumbnail or copy job (or batch chunk) with a file of at least this many
+# bytes runs in the slow lane, and so does one whose files add up to QUICK_CHUNK_BYTES;
+# small files run in the quick lane.
 SWITCHYARD_MEDIA_SLOW_LANE_BYTES = env_int("SWITCHYARD_MEDIA_SLOW_LANE_BYTES", 1024 * 1024)
+SWITCHYARD_MEDIA_QUICK_CHUNK_BYTES = env_int("SWITCHYARD_MEDIA_QUICK_CHUNK_BYTES",
+                                             32 * 1024 * 1024)
 SWITCHYARD_MEDIA_MAX_FILE_BYTES = env_int("SWITCHYARD_MEDIA_MAX_FILE_BYTES", 50 * 1024 * 1024)
 # Largest multipart body of POST /api/v1/media/uploads (several files at once).
 SWITCHYARD_MEDIA_MAX_UPLOAD_BODY_BYTES = env_int("SWITCHYARD_MEDIA_MAX_UPLOAD_BODY_BYTES",
