@@ -106,6 +106,10 @@ def media_dirs():
     yield roots
     for root in roots:
         shutil.rmtree(root, ignore_errors=True)
+    try:
+        roots[0].parent.rmdir()  # this run's folder, once empty
+    except OSError:
+        pass
 
 
 def put_import(tenant_name: str, relative: str, data: bytes) -> Path:
