@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
@@ -206,13 +206,33 @@ def new_job(*, tenant: Tenant | None, task: str, params: Mapping[str, Any],
     )
 
 
+def run_option_values(options: SubmitOptions) -> dict[str, Any]:
+    """The job fields that say what happens after a run (retries, links)."""
+    values: dict[str, Any] = {
+        "link": asdict(options.link) if options.link else None,
+        "link_error": asdict(options.link_error) if options.link_error else None,
+    }
+    if options.retry_policy is not None:
+        values["retry_policy"] = asdict(options.retry_policy)
+        values["max_attempts"] = 1 + options.retry_policy.max_retries
+    return values
+
+
 def apply_run_options(job: Job, options: SubmitOptions) -> None:
     """Copy what happens after a run (retries, links) from ``options`` onto ``job``."""
-    if options.retry_policy is not None:
-        job.retry_policy = asdict(options.retry_policy)
-        job.max_attempts = 1 + options.retry_policy.max_retries
-    job.link = asdict(options.link) if options.link else None
-    job.link_error = asdict(options.link_error) if options.link_error else None
+    for name, value in run_option_values(options).items():
+        setattr(job, name, value)
+
+
+def check_links(options: SubmitOptions, prefix: str = "options") -> None:
+    """``InvalidSubmission`` naming the field if a linked task is not routable."""
+    for name in ("link", "link_error"):
+        linked = getattr(options, name)
+        if linked is not None:
+            try:
+                task_lane(linked.task)
+            except UnknownTask as exc:
+                raise InvalidSubmission(f"{prefix}.{name}.task", str(exc)) from None
 
 
 _QUOTA_COUNTS = """
@@ -225,9 +245,11 @@ SELECT (SELECT count(*) FROM jobs_job WHERE tenant_id = %(tenant)s
 """
 
 
-def check_quotas(tenant: Tenant, now: dt.datetime, *, adding: int = 1) -> None:
-    """Raise ``QuotaExceeded`` if ``adding`` more waiting jobs (one submission)
-    would break the tenant's quotas. A batch is one submission of many jobs.
+def check_quotas(tenant: Tenant, now: dt.datetime, *, adding: int = 1,
+                 submissions: int = 1) -> None:
+    """Raise ``QuotaExceeded`` if ``adding`` more waiting jobs, counting as
+    ``submissions`` toward the rate quota, would break the tenant's quotas. A
+    batch is one submission of many jobs; a bulk submission of n jobs is n.
     Both counts are read in one round trip (each on its own index)."""
     window = now - dt.timedelta(seconds=60)
     with connection.cursor() as cursor:
@@ -236,7 +258,11 @@ def check_quotas(tenant: Tenant, now: dt.datetime, *, adding: int = 1) -> None:
     if waiting + adding > tenant.max_queued_jobs:
         raise QuotaExceeded(f"{waiting} jobs are waiting and this adds {adding}; the quota is "
                             f"{tenant.max_queued_jobs}", retry_after=30)
-    if recent >= tenant.submissions_per_minute:
+    if submissions > tenant.submissions_per_minute:
+        raise QuotaExceeded(f"{submissions} jobs in one submission is more than the "
+                            f"{tenant.submissions_per_minute} submissions a minute allowed; "
+                            "send them in smaller parts, or as a batch", retry_after=60)
+    if recent + submissions > tenant.submissions_per_minute:
         recent_jobs = Job.objects.filter(tenant=tenant, submitted_at__gt=window,
                                          batch__isnull=True)
         recent_batches = tenant.batches.filter(submitted_at__gt=window)
@@ -332,13 +358,7 @@ def job_submit(*, tenant: Tenant | None, task: str, params: Mapping[str, Any] | 
     params = dict(params or {})
     now = timezone.now()
     run_at, expires_at = schedule_of(options, now)
-    for name in ("link", "link_error"):
-        linked = getattr(options, name)
-        if linked is not None:
-            try:
-                task_lane(linked.task)
-            except UnknownTask as exc:
-                raise InvalidSubmission(f"options.{name}.task", str(exc)) from None
+    check_links(options)
     job = new_job(tenant=tenant, task=task, params=params, priority=options.priority, now=now)
     job.run_at, job.expires_at = run_at, expires_at
     apply_run_options(job, options)
@@ -378,40 +398,6 @@ def idempotent_replay(records: QuerySet, key: str, expected: str):
         raise IdempotencyConflict(
             f"Idempotency-Key {key!r} was used for a different request ({what} {existing.id})")
     return existing
-
-
-def job_submit_many(*, tenant: Tenant | None, task: str, params_list: Iterable[Mapping[str, Any]],
-                    priority: int | None = None, chunk: int = 2000) -> int:
-    """Record and publish many jobs of one task for one tenant; return how many.
-
-    Rows are inserted in chunks and each chunk is published after its commit
-    over one producer connection, with publisher confirms.
-    """
-    total = 0
-    batch: list[Job] = []
-
-    def flush() -> None:
-        nonlocal total
-        if not batch:
-            return
-        with transaction.atomic():
-            Job.objects.bulk_create(batch)
-        with app.producer_or_acquire() as producer:
-            for job in batch:
-                job.publications = 1
-                _publish(job, producer=producer)
-        Job.objects.filter(id__in=[job.id for job in batch]).update(
-            published_at=timezone.now(), publications=1)
-        total += len(batch)
-        batch.clear()
-
-    for params in params_list:
-        batch.append(new_job(tenant=tenant, task=task, params=params, priority=priority,
-                              now=timezone.now()))
-        if len(batch) >= chunk:
-            flush()
-    flush()
-    return total
 
 
 class NotCancellable(Exception):

@@ -11,10 +11,11 @@ from django.conf import settings
 from django.http import JsonResponse
 
 BATCH_PATH = "/api/v1/batches"
+BULK_PATH = "/api/v1/jobs/bulk"
 
 
 def body_limit(path: str) -> int:
-    if path.rstrip("/") == BATCH_PATH:
+    if path.rstrip("/") in (BATCH_PATH, BULK_PATH):
         return settings.SWITCHYARD_MAX_BATCH_BODY_BYTES
     return settings.SWITCHYARD_MAX_BODY_BYTES
 

@@ -124,6 +124,7 @@ SPECTACULAR_SETTINGS = {
 SWITCHYARD_MAX_BODY_BYTES = env_int("SWITCHYARD_MAX_BODY_BYTES", 1024 * 1024)
 SWITCHYARD_MAX_BATCH_BODY_BYTES = env_int("SWITCHYARD_MAX_BATCH_BODY_BYTES", 64 * 1024 * 1024)
 SWITCHYARD_MAX_BATCH_ITEMS = env_int("SWITCHYARD_MAX_BATCH_ITEMS", 100_000)
+SWITCHYARD_MAX_BULK_JOBS = env_int("SWITCHYARD_MAX_BULK_JOBS", 10_000)
 # Django's own backstop (a body without Content-Length); the middleware is stricter.
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(SWITCHYARD_MAX_BODY_BYTES, SWITCHYARD_MAX_BATCH_BODY_BYTES)
 
@@ -188,6 +189,12 @@ CELERY_BROKER_HEARTBEAT = 30
 # The web waits at most this long (seconds) for the broker to confirm a job;
 # then it answers 202 anyway and the dispatcher publishes the job (jobs.services).
 SWITCHYARD_PUBLISH_DEADLINE = float(os.environ.get("SWITCHYARD_PUBLISH_DEADLINE") or 1.5)
+# Bulk submission (jobs.bulk): how long one call waits for the broker's
+# confirms, and how old an unanswered bulk publication must be before the
+# dispatcher assumes its submitter died and publishes its jobs again.
+SWITCHYARD_BULK_PUBLISH_DEADLINE = float(
+    os.environ.get("SWITCHYARD_BULK_PUBLISH_DEADLINE") or 20)
+SWITCHYARD_BULK_CONFIRM_GRACE = float(os.environ.get("SWITCHYARD_BULK_CONFIRM_GRACE") or 120)
 CELERY_TASK_PUBLISH_RETRY = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "max_retries": 2,
