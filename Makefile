@@ -7,13 +7,16 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 export PYTHONPATH := $(CURDIR)/platform:$(CURDIR)
 
-.PHONY: help setup run test lint broker-check topology verify migrate demo docs clean bench-api
+.PHONY: help setup run test lint broker-check topology verify migrate demo docs clean bench \
+	bench-quick bench-api
 
 help:
 	@echo "make run     set up, then run web (:8000), worker-slow, worker-quick, beat, Flower (:5555)"
 	@echo "make test    set up, then lint and run the test suite"
 	@echo "make verify  compare the live broker with the declared topology"
 	@echo "make demo    the head-of-line demo: 20,000 slow jobs, then time quick probes"
+	@echo "make bench   scenarios S1-S6 against plain Celery in the same run (table, JSON, chart)"
+	@echo "make bench-quick  the same, scaled down (a smoke run, a minute or two)"
 	@echo "make bench-api  job API figures: submit latency, 100,000-item batch accept"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -51,7 +54,15 @@ lint: setup
 test: setup lint
 	$(PY) -m pytest
 
-# Figures, not assertions: prints a table and writes var/bench/api.json (a few minutes).
+# Figures, not assertions: one table of Switchyard against its baselines, measured in
+# the same run; var/bench/results.{txt,json} and latency.png. Run nothing else meanwhile.
+bench: setup
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: setup
+	$(PY) -m bench --quick $(BENCH_ARGS)
+
+# Prints a table and writes var/bench/api.json (a few minutes).
 bench-api: setup
 	$(PY) -m pytest bench/test_api_figures.py -q -s -p no:cacheprovider --timeout 1800
 

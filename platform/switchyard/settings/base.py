@@ -178,6 +178,12 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 # free worker (or a later premium message) should have had. Priorities only
 # work when the backlog stays in the broker, not in worker buffers.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fixup closes the database connection before and after every
+# task unless this is set: a new PostgreSQL connection per job, measured at
+# ~10x fewer no-op jobs/s. With it, the fixup closes them every 1,000 tasks,
+# and switchyard.celery closes a connection older than DATABASE_CONN_MAX_AGE
+# or broken (close_old_connections) before each task, as Django does per request.
+CELERY_DB_REUSE_MAX = 1000
 
 # Publisher confirms: a publish returns only once the broker has the message.
 # `confirm_timeout` and the bounded retry policy keep a blocked broker from
