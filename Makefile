@@ -41,9 +41,14 @@ migrate: setup
 .env:
 	PYTHON=$(PY) deploy/bin/dev-env .env
 
+# Every role of `make run` records its metrics into one directory, emptied at each start
+# (docs/monitoring.md); .env may point it elsewhere.
+METRICS_DIR := $(CURDIR)/var/metrics
+
 run: setup .env topology migrate
-	@echo "Switchyard: web http://127.0.0.1:8000  Flower http://127.0.0.1:5555 (login in .env)"
-	exec $(BIN)/honcho start --procfile Procfile --env .env
+	@echo "Switchyard: web http://127.0.0.1:8000 (dashboard /dashboard/, metrics /metrics)  Flower http://127.0.0.1:5555 (login in .env)"
+	rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
+	SWITCHYARD_METRICS_DIR=$(METRICS_DIR) exec $(BIN)/honcho start --procfile Procfile --env .env
 
 lint: setup
 	$(BIN)/ruff check routing platform tests tools bench
