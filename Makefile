@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 export PYTHONPATH := $(CURDIR)/platform:$(CURDIR)
 
-.PHONY: help setup run test lint broker-check topology verify migrate demo docs clean bench-api
+.PHONY: help setup run test lint broker-check topology verify migrate demo docs clean bench-api bench-metrics
 
 help:
 	@echo "make run     set up, then run web (:8000), worker-slow, worker-quick, beat, Flower (:5555)"
@@ -15,6 +15,7 @@ help:
 	@echo "make verify  compare the live broker with the declared topology"
 	@echo "make demo    the head-of-line demo: 20,000 slow jobs, then time quick probes"
 	@echo "make bench-api  job API figures: submit latency, 100,000-item batch accept"
+	@echo "make bench-metrics  no-op task throughput with and without metrics"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +60,11 @@ test: setup lint
 # Figures, not assertions: prints a table and writes var/bench/api.json (a few minutes).
 bench-api: setup
 	$(PY) -m pytest bench/test_api_figures.py -q -s -p no:cacheprovider --timeout 1800
+
+# No-op task throughput with and without metrics; writes var/bench/metrics.json.
+# SWITCHYARD_BENCH_QUICK=1 for a run under a minute.
+bench-metrics: setup
+	$(PY) -m pytest bench/test_metrics_overhead.py -q -s -p no:cacheprovider --timeout 3600
 
 demo: setup
 	$(PY) platform/manage.py flood --task demo.slow_task --count 20000 --tier standard --probe 20
