@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from django.db.models import Max, Min
 
+from jobs.bulk import BulkJob, job_submit_bulk
 from jobs.models import Job
-from jobs.services import job_submit_many
 from tenants.models import Tenant
 from tests.processes import wait_until
 from tests.test_lanes import start_lane
@@ -38,8 +38,8 @@ OUT = Path(__file__).resolve().parents[1] / "var" / "bench" / "metrics.json"
 
 def one_run(start_role, management, tenant, enabled: bool, metrics_dir: Path) -> float:
     Job.objects.all().delete()
-    job_submit_many(tenant=tenant, task="demo.quick_task",
-                    params_list=({"x": i} for i in range(TASKS)))
+    job_submit_bulk(tenant=tenant, enforce_quotas=False,
+                    jobs=[BulkJob(task="demo.quick_task", params={"x": i}) for i in range(TASKS)])
     env = {"SWITCHYARD_METRICS_ENABLED": "true" if enabled else "false",
            "SWITCHYARD_METRICS_DIR": str(metrics_dir) if enabled else ""}
     old = {k: os.environ.get(k) for k in env}

@@ -19,7 +19,7 @@ from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.contrib.auth.models import User
 from django.db import connection
 
-from jobs.services import job_submit_many
+from jobs.bulk import BulkJob, job_submit_bulk
 from tenants.models import Tenant
 from tests.conftest import IN_CI
 from tests.processes import wait_until
@@ -85,10 +85,10 @@ class Load:
     def _run(self) -> None:
         try:
             while not self.stop.is_set():
-                self.submitted += job_submit_many(tenant=self.premium, task="demo.quick_task",
-                                                  params_list=({"x": i} for i in range(20)))
-                self.submitted += job_submit_many(tenant=self.standard, task="demo.slow_task",
-                                                  params_list=[{"seconds": 0.05}] * 2)
+                quick = [BulkJob(task="demo.quick_task", params={"x": i}) for i in range(20)]
+                slow = [BulkJob(task="demo.slow_task", params={"seconds": 0.05})] * 2
+                self.submitted += job_submit_bulk(tenant=self.premium, jobs=quick).accepted
+                self.submitted += job_submit_bulk(tenant=self.standard, jobs=slow).accepted
                 self.stop.wait(0.5)
         finally:
             connection.close()

@@ -79,6 +79,20 @@ def test_submissions_and_cancellations_are_counted_per_lane_tier_and_task(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_bulk_submissions_are_counted_per_task(client, tenant, no_broker_api):
+    from jobs.bulk import BulkJob, job_submit_bulk
+
+    before = scrape(client)
+    job_submit_bulk(tenant=tenant, deadline=0.5, jobs=[
+        *[BulkJob(task="demo.quick_task")] * 5, *[BulkJob(task="demo.slow_task")] * 2])
+    after = scrape(client)
+    for lane, task, delta in (("quick", "demo.quick_task", 5), ("slow", "demo.slow_task", 2)):
+        labels = {"lane": lane, "tier": "premium", "task": task}
+        assert (value(after, "switchyard_jobs_submitted_total", **labels)
+                - value(before, "switchyard_jobs_submitted_total", **labels)) == delta
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_rolled_back_submission_is_not_counted_and_a_committed_one_is(tenant, monkeypatch):
     from django.db import transaction
 
