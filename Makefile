@@ -8,7 +8,7 @@ PY := $(BIN)/python
 export PYTHONPATH := $(CURDIR)/platform:$(CURDIR)
 
 .PHONY: help setup run test lint broker-check topology verify migrate demo docs clean bench \
-	bench-quick bench-api
+	bench-quick bench-api bench-metrics
 
 help:
 	@echo "make run     set up, then run web (:8000), worker-slow, worker-quick, beat, Flower (:5555)"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench   scenarios S1-S6 against plain Celery in the same run (table, JSON, chart)"
 	@echo "make bench-quick  the same, scaled down (a smoke run, a minute or two)"
 	@echo "make bench-api  job API figures: submit latency, 100,000-item batch accept"
+	@echo "make bench-metrics  no-op task throughput with and without metrics"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -44,9 +45,14 @@ migrate: setup
 .env:
 	PYTHON=$(PY) deploy/bin/dev-env .env
 
+# Every role of `make run` records its metrics into one directory, emptied at each start
+# (docs/monitoring.md); .env may point it elsewhere.
+METRICS_DIR := $(CURDIR)/var/metrics
+
 run: setup .env topology migrate
-	@echo "Switchyard: web http://127.0.0.1:8000  Flower http://127.0.0.1:5555 (login in .env)"
-	exec $(BIN)/honcho start --procfile Procfile --env .env
+	@echo "Switchyard: web http://127.0.0.1:8000 (dashboard /dashboard/, metrics /metrics)  Flower http://127.0.0.1:5555 (login in .env)"
+	rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
+	SWITCHYARD_METRICS_DIR=$(METRICS_DIR) exec $(BIN)/honcho start --procfile Procfile --env .env
 
 lint: setup
 	$(BIN)/ruff check routing platform tests tools bench
@@ -65,6 +71,11 @@ bench-quick: setup
 # Prints a table and writes var/bench/api.json (a few minutes).
 bench-api: setup
 	$(PY) -m pytest bench/test_api_figures.py -q -s -p no:cacheprovider --timeout 1800
+
+# No-op task throughput with and without metrics; writes var/bench/metrics.json.
+# SWITCHYARD_BENCH_QUICK=1 for a run under a minute.
+bench-metrics: setup
+	$(PY) -m pytest bench/test_metrics_overhead.py -q -s -p no:cacheprovider --timeout 3600
 
 demo: setup
 	$(PY) platform/manage.py flood --task demo.slow_task --count 20000 --tier standard --probe 20

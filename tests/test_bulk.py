@@ -23,6 +23,7 @@ from jobs.services import (
     new_job,
     publish_job,
 )
+from jobs.signals import DUE_HEADER, SUBMITTED_HEADER
 from routing import topology, wire
 from tenants.models import Tenant
 from tenants.services import tenant_create
@@ -69,7 +70,11 @@ def test_a_bulk_message_is_the_message_send_task_publishes(tenant, lanes_empty):
         headers = message.properties["application_headers"]
         assert headers["id"] == headers["root_id"] == message.properties["correlation_id"] \
             == job_id
-    strip = {"id", "root_id", "origin"}
+    # The timing headers (jobs.signals) carry each job's own submission time.
+    strip = {"id", "root_id", "origin", SUBMITTED_HEADER, DUE_HEADER}
+    for message in (a, b):
+        headers = message.properties["application_headers"]
+        assert headers[SUBMITTED_HEADER] == headers[DUE_HEADER] > 0
     assert {k: v for k, v in a.properties["application_headers"].items() if k not in strip} \
         == {k: v for k, v in b.properties["application_headers"].items() if k not in strip}
     assert {k: v for k, v in a.properties.items() if k not in ("application_headers",

@@ -36,6 +36,7 @@ from jobs.services import (
     new_job,
     schedule_of,
 )
+from jobs.signals import job_event_send
 from tenants.models import Tenant
 
 DEFAULT_CHUNK_SIZE = 100
@@ -108,6 +109,8 @@ def batch_submit(*, tenant: Tenant, task: str, items: Sequence[Any],
             check_quotas(tenant, now, adding=count)
             batch.save(force_insert=True)
             Job.objects.bulk_create(chunks, batch_size=2000)
+            transaction.on_commit(lambda: job_event_send(
+                "submitted", lane=batch.lane, tier=batch.tier, task=task, count=count))
     except IntegrityError:
         existing = idempotent_replay(tenant.batches.all(), idempotency_key,
                                      batch.request_fingerprint)
@@ -137,6 +140,8 @@ def batch_cancel(*, batch: Batch) -> int:
             raise NotCancellable(f"batch {batch.id} has no chunk left that has not started")
         Batch.objects.filter(id=batch.id).update(cancelled_at=now)
         batch.cancelled_at = now
+        transaction.on_commit(lambda: job_event_send(
+            "cancelled", lane=batch.lane, tier=batch.tier, task=batch.task, count=cancelled))
     return cancelled
 
 

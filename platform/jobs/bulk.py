@@ -33,6 +33,7 @@ import logging
 import queue
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,7 @@ from jobs.services import (
     schedule_of,
     task_lane,
 )
+from jobs.signals import job_event_send, timing_headers
 from routing import priorities, wire
 from switchyard.celery import app
 from tenants.models import Tenant
@@ -120,9 +122,12 @@ class _Template:
     @classmethod
     def build(cls, job: Job) -> _Template:
         capture = _CapturingProducer()
+        # Timing headers are constant too: a message is only built for a job due
+        # now, and every job of a submission shares its submission time.
         app.send_task(job.task, kwargs={}, task_id=str(job.id), priority=job.priority,
                       headers={"tenant": job.tenant_name, "tier": job.tier,
-                               PUBLICATION_HEADER: 1}, producer=capture)
+                               PUBLICATION_HEADER: 1, **timing_headers(job)},
+                      producer=capture)
         (_, sent), = capture.published
         headers = {k: v for k, v in sent["headers"].items() if k not in _VARIABLE_HEADERS}
         return cls(exchange=sent["exchange"], routing_key=sent["routing_key"],
@@ -269,6 +274,7 @@ def job_submit_bulk(*, tenant: Tenant | None, jobs: Sequence[BulkJob],
                     pending.append(PendingConfirm.objects.create(
                         created_at=now, job_ids=[m.key for m in messages]).id)
             outcome.job_ids.extend(ids[start:start + len(built)])
+            _count_submitted(rows.tier.name, jobs[start:start + len(built)])
             outcome.scheduled += len(built) - len(messages)
             if messages:
                 fed.extend(m.key for m in messages)
@@ -284,6 +290,13 @@ def job_submit_bulk(*, tenant: Tenant | None, jobs: Sequence[BulkJob],
     if failure is not None:
         raise BulkInterrupted(outcome, failure) from failure
     return outcome
+
+
+def _count_submitted(tier: str, items: Sequence[BulkJob]) -> None:
+    """Tell observers (``jobs.signals``) about a committed chunk."""
+    for task, count in Counter(item.task for item in items).items():
+        job_event_send("submitted", lane=task_lane(task).name, tier=tier, task=task,
+                       count=count)
 
 
 class _Publishing(threading.Thread):

@@ -27,6 +27,7 @@ from django.utils import timezone
 
 import routing.celery_config as routing_celery
 from jobs.models import Job
+from jobs.signals import job_events_for, timing_headers
 from routing import priorities, topology
 from switchyard.celery import app
 from tenants.models import Tenant
@@ -298,6 +299,7 @@ def _publish(job: Job, producer=None, **publish_options) -> None:
                PUBLICATION_HEADER: job.publications}
     if job.link:
         headers[LINK_HEADER] = 1
+    headers.update(timing_headers(job))  # observers time the wait (jobs.signals)
     app.send_task(
         job.task,
         kwargs=job.params,
@@ -374,6 +376,7 @@ def job_submit(*, tenant: Tenant | None, task: str, params: Mapping[str, Any] | 
             if tenant is not None:
                 check_quotas(tenant, now)
             job.save(force_insert=True)
+            transaction.on_commit(lambda: job_events_for("submitted", [job]))
             if run_at is None:
                 transaction.on_commit(lambda: _publish_after_commit(job))
     except IntegrityError:
@@ -417,6 +420,7 @@ def job_cancel(*, job: Job) -> Job:
     if not updated:
         raise NotCancellable(f"job {job.id} is {job.status}; only a job that has not started "
                              "can be cancelled")
+    job_events_for("cancelled", [job])
     return job
 
 
@@ -452,6 +456,7 @@ def job_publish_due(*, now: dt.datetime | None = None, limit: int = 500) -> int:
             Job.objects.filter(id__in=[j.id for j in expired]).update(
                 status=Job.Status.EXPIRED, finished_at=now,
                 error="expired before it could be published")
+            transaction.on_commit(lambda: job_events_for("expired", expired))
         if ready:
             with app.producer_or_acquire() as producer:
                 for job in ready:
@@ -487,6 +492,7 @@ def _submit_followup(parent: Job, spec: Mapping[str, Any]) -> Job | None:
         return None
     child.parent = parent
     child.save(force_insert=True)
+    transaction.on_commit(lambda: job_events_for("submitted", [child]))
     transaction.on_commit(lambda: _publish_from_worker(child))
     return child
 
@@ -544,6 +550,8 @@ def job_record_dead(*, job: Job, reason: str, runnable=()) -> bool:
             status=Job.Status.DEAD, finished_at=timezone.now(), error=reason[:5000])
         if updated and job.link_error:
             _submit_followup(job, job.link_error)
+        if updated:
+            transaction.on_commit(lambda: job_events_for("dead", [job]))
     return bool(updated)
 
 

@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "tenants",
     "jobs",
     "demo",
+    "monitoring",
 ]
 
 MIDDLEWARE = [
@@ -127,6 +128,17 @@ SWITCHYARD_MAX_BATCH_ITEMS = env_int("SWITCHYARD_MAX_BATCH_ITEMS", 100_000)
 SWITCHYARD_MAX_BULK_JOBS = env_int("SWITCHYARD_MAX_BULK_JOBS", 10_000)
 # Django's own backstop (a body without Content-Length); the middleware is stricter.
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(SWITCHYARD_MAX_BODY_BYTES, SWITCHYARD_MAX_BATCH_BODY_BYTES)
+
+# Observability (docs/monitoring.md). Every process of a host records its metrics
+# into this directory (prometheus_client multiprocess mode); `/metrics` sums them.
+# Empty: each process keeps its own, and `/metrics` shows only the answering one's.
+SWITCHYARD_METRICS_DIR = os.environ.get("SWITCHYARD_METRICS_DIR", "")
+# Off: job transitions are not counted (the measured overhead's baseline).
+SWITCHYARD_METRICS_ENABLED = env_bool("SWITCHYARD_METRICS_ENABLED", True)
+# When set, /metrics answers only to `Authorization: Bearer <token>`.
+SWITCHYARD_METRICS_TOKEN = os.environ.get("SWITCHYARD_METRICS_TOKEN", "")
+# Seconds between the dashboard's refreshes.
+SWITCHYARD_DASHBOARD_REFRESH = env_int("SWITCHYARD_DASHBOARD_REFRESH", 5)
 
 LOGGING = {
     "version": 1,
