@@ -27,7 +27,7 @@ from routing.management import Management, with_vhost
 from tenants.models import Tenant
 from tests import runbooks
 from tests.deploy_support import imported_users
-from tests.processes import REPO, Role, role_env, wait_until
+from tests.processes import BIN, REPO, Role, role_env, wait_until
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers]
 logging.getLogger("pika").setLevel(logging.WARNING)
@@ -221,6 +221,10 @@ def test_drain_stops_a_lane_without_losing_its_in_flight_task(start_role, users)
     wait_until(lambda: Job.objects.get(id=running.id).status == Job.Status.STARTED, 60,
                "the first job to start", roles=[worker])
     waiting, _ = job_submit(tenant=tenant, task="demo.slow_task", params={"seconds": 0.1})
+    # (the containers' health check pings the worker by name, with the lane's own login)
+    health = [str(BIN / "healthcheck"), "worker", "slow"]
+    assert subprocess.run(health, env=role_env(users["worker-slow"]), capture_output=True,
+                          timeout=60).returncode == 0
 
     # When the lane is drained, as the runbooks say
     started = time.monotonic()
@@ -236,6 +240,8 @@ def test_drain_stops_a_lane_without_losing_its_in_flight_task(start_role, users)
     assert time.monotonic() - started < 60
     assert Job.objects.get(id=waiting.id).status == Job.Status.QUEUED
     assert queue_depth(users["operator"], "slow") == 1
+    assert subprocess.run(health, env=role_env(users["worker-slow"]), capture_output=True,
+                          timeout=60).returncode != 0
 
     # And a new worker picks the waiting job up: nothing was lost
     again = start_role("worker", "slow", name="worker-slow-again",
