@@ -155,3 +155,52 @@ def test_definitions_import_and_each_user_can_only_do_its_job(topology_applied, 
         # The operator can read everything (python -m routing verify, dlq).
         operator = Management.from_url(management_url(urls["operator"], management))
         assert {q["name"] for q in operator.queues(broker_vhost)} >= set(QUEUES)
+
+
+@pytest.mark.workers
+def test_roles_run_end_to_end_with_their_own_logins(start_role, broker_vhost, management):
+    """The dispatcher publishes, a quick worker runs and Flower watches, each logged in as
+    the definitions' user for its role, nothing more."""
+    import base64
+    import socket
+    import urllib.request
+
+    from jobs.models import Job
+    from jobs.services import SubmitOptions, job_submit
+    from tenants.models import Tenant
+    from tests.processes import wait_until
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    auth = "ops:flower-password-for-this-test"
+
+    def flower(path: str) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read()
+        except OSError:
+            return 0, b""
+
+    with imported_users(management, broker_vhost) as urls:
+        roles = [
+            start_role("dispatcher", CELERY_BROKER_URL=urls["dispatcher"]),
+            start_role("worker", "quick", CELERY_BROKER_URL=urls["worker-quick"],
+                       SWITCHYARD_QUICK_CONCURRENCY="1"),
+            start_role("flower", CELERY_BROKER_URL=urls["flower"], FLOWER_PORT=str(port),
+                       FLOWER_BASIC_AUTH=auth),
+        ]
+        tenant = Tenant.objects.create(name="least", tier="premium")
+        # A delayed job: only the dispatcher publishes it.
+        job, _ = job_submit(tenant=tenant, task="demo.quick_task", params={"x": "ok"},
+                            options=SubmitOptions(countdown=0.5))
+        wait_until(lambda: Job.objects.get(id=job.id).status == Job.Status.SUCCEEDED, 60,
+                   "the dispatched job to run on the quick worker", roles=roles)
+        # Flower reaches the worker through control commands, and the broker's queues.
+        wait_until(lambda: b"quick@" in flower("/api/workers?refresh=1")[1], 60,
+                   "Flower to list the quick worker", interval=1, roles=roles)
+        assert flower("/broker")[0] == 200
+        for role in roles:
+            assert "ACCESS_REFUSED" not in role.log(), role.name
