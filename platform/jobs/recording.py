@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from celery import signals
+from celery.exceptions import Reject
 from django.db.models import F
 from django.utils import timezone
 
@@ -48,8 +49,11 @@ def job_begin(*, task, task_id: str, args, kwargs) -> bool:
     fresh copy of a job already started (the same job published twice, e.g.
     by the web after its deadline and by the dispatcher); a copy older than the
     job's latest publication (``switchyard_publication`` header); a job past
-    its deliveries (``max_attempts`` plus ``LOST_DELIVERY_ALLOWANCE``), which
-    is marked ``dead``. A message published without Switchyard's submit path
+    its deliveries (``max_attempts`` plus ``LOST_DELIVERY_ALLOWANCE``): a poison
+    message that killed its worker every time. That job is marked ``dead`` and
+    its message rejected without requeue (``Reject``), so RabbitMQ dead-letters
+    it to ``<lane>.dead``, where ``manage.py dlq`` shows and replays it
+    (docs/runbooks/poison-messages.md). A message published without Switchyard's submit path
     (Celery-native) is admitted on first sight (``jobs.admission``).
     """
     request = task.request
@@ -71,9 +75,11 @@ def job_begin(*, task, task_id: str, args, kwargs) -> bool:
     job = Job.objects.select_related("tenant").filter(id=task_id).first()
     if job is not None:
         if runnable.exists():  # runnable but out of deliveries: it kills its worker
-            job_record_dead(job=job, runnable=RUNNABLE, reason=(
-                f"gave up after {job.attempts} deliveries without an outcome (the worker was "
-                "lost each time)"))
+            reason = (f"gave up after {job.attempts} deliveries without an outcome (the worker "
+                      f"was lost each time); message moved to {job.lane}.dead")
+            job_record_dead(job=job, runnable=RUNNABLE, reason=reason)
+            logger.error("job %s (%s) is a poison message: %s", task_id, job.task, reason)
+            raise Reject(reason, requeue=False)
         logger.info("job %s (%s) is not runnable by this delivery; acknowledged unrun",
                     task_id, job.status)
         return False
