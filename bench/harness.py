@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "var" / "bench"
+OUT = Path(os.environ.get("BENCH_OUT") or REPO / "var" / "bench")
 QUICK = os.environ.get("BENCH_QUICK", "") == "1"
 
 
