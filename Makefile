@@ -7,16 +7,19 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 export PYTHONPATH := $(CURDIR)/platform:$(CURDIR)
 
-.PHONY: help setup run test lint broker-check topology verify migrate demo docs clean bench-api \
-	bench-media
+.PHONY: help setup run test lint broker-check topology verify migrate demo docs clean bench \
+	bench-quick bench-api bench-metrics bench-media
 
 help:
 	@echo "make run     set up, then run web (:8000), worker-slow, worker-quick, beat, Flower (:5555)"
 	@echo "make test    set up, then lint and run the test suite"
 	@echo "make verify  compare the live broker with the declared topology"
 	@echo "make demo    the head-of-line demo: 20,000 slow jobs, then time quick probes"
+	@echo "make bench   scenarios S1-S6 against plain Celery in the same run (table, JSON, chart)"
+	@echo "make bench-quick  the same, scaled down (a smoke run, a minute or two)"
 	@echo "make bench-api  job API figures: submit latency, 100,000-item batch accept"
 	@echo "make bench-media  thumbnails/s and MB/s on the slow lane (SWITCHYARD_BENCH_QUICK=1: 50 files)"
+	@echo "make bench-metrics  no-op task throughput with and without metrics"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -43,9 +46,14 @@ migrate: setup
 .env:
 	PYTHON=$(PY) deploy/bin/dev-env .env
 
+# Every role of `make run` records its metrics into one directory, emptied at each start
+# (docs/monitoring.md); .env may point it elsewhere.
+METRICS_DIR := $(CURDIR)/var/metrics
+
 run: setup .env topology migrate
-	@echo "Switchyard: web http://127.0.0.1:8000  Flower http://127.0.0.1:5555 (login in .env)"
-	exec $(BIN)/honcho start --procfile Procfile --env .env
+	@echo "Switchyard: web http://127.0.0.1:8000 (dashboard /dashboard/, metrics /metrics)  Flower http://127.0.0.1:5555 (login in .env)"
+	rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
+	SWITCHYARD_METRICS_DIR=$(METRICS_DIR) exec $(BIN)/honcho start --procfile Procfile --env .env
 
 lint: setup
 	$(BIN)/ruff check routing platform tests tools bench
@@ -53,7 +61,15 @@ lint: setup
 test: setup lint
 	$(PY) -m pytest
 
-# Figures, not assertions: prints a table and writes var/bench/api.json (a few minutes).
+# Figures, not assertions: one table of Switchyard against its baselines, measured in
+# the same run; var/bench/results.{txt,json} and latency.png. Run nothing else meanwhile.
+bench: setup
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: setup
+	$(PY) -m bench --quick $(BENCH_ARGS)
+
+# Prints a table and writes var/bench/api.json (a few minutes).
 bench-api: setup
 	$(PY) -m pytest bench/test_api_figures.py -q -s -p no:cacheprovider --timeout 1800
 
@@ -61,6 +77,11 @@ bench-api: setup
 # var/bench/media.json. SWITCHYARD_BENCH_QUICK=1 runs 50 files (under a minute).
 bench-media: setup
 	$(PY) -m pytest bench/test_media_figures.py -q -s -p no:cacheprovider --timeout 3600
+
+# No-op task throughput with and without metrics; writes var/bench/metrics.json.
+# SWITCHYARD_BENCH_QUICK=1 for a run under a minute.
+bench-metrics: setup
+	$(PY) -m pytest bench/test_metrics_overhead.py -q -s -p no:cacheprovider --timeout 3600
 
 demo: setup
 	$(PY) platform/manage.py flood --task demo.slow_task --count 20000 --tier standard --probe 20

@@ -1,2 +1,100 @@
-"""Benchmarks run on the test fixtures: their own vhost, database and role processes."""
+"""Benchmarks run on the test fixtures (their own vhost, database and role
+processes), plus the baseline's plain Celery workers; the table is printed
+when the run ends."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from kombu import Connection
+
+from bench import harness
 from tests.conftest import *  # noqa: F403
+from tests.processes import role_env
+
+
+@pytest.fixture
+def plain_worker(lanes_empty, tmp_path):
+    """Start plain Celery workers: ``plain_worker(concurrency=2, priority=True, ...)``.
+
+    Returns ``(proc, app, timings_path)``; the app submits from this process with
+    the same settings. The queue is deleted afterwards.
+    """
+    from bench.plain_celery import make_app
+
+    started: list[tuple[harness.Proc, str]] = []
+
+    def start(*, concurrency: int = 2, priority: bool = False, acks_late: bool = False,
+              prefetch: int = 4, queue: str = "plain", events: bool = False,
+              start_worker: bool = True):
+        timings = tmp_path / f"{queue}-timings.txt"
+        env = role_env(lanes_empty, PLAIN_QUEUE=queue, PLAIN_PRIORITY="1" if priority else "",
+                       PLAIN_ACKS_LATE="1" if acks_late else "", PLAIN_PREFETCH=str(prefetch),
+                       PLAIN_TIMINGS=str(timings), PYTHONPATH=str(harness.REPO))
+        env.pop("DJANGO_SETTINGS_MODULE")  # plain Celery: no Django, no Switchyard
+        app = make_app(broker_url=lanes_empty, queue=queue, priority=priority,
+                       acks_late=acks_late, prefetch=prefetch)
+        with app.connection_for_write() as conn:  # declared before anything is sent
+            app.amqp.queues[queue].bind(conn.default_channel).declare()
+        proc = None
+        if start_worker:
+            argv = [sys.executable, "-m", "celery", "-A", "bench.plain_celery", "worker",
+                    "-Q", queue, "-c", str(concurrency), "-P", "prefork", "-l", "WARNING",
+                    "--without-mingle", "--without-gossip", "-n", f"{queue}@%h"]
+            if events:
+                argv.append("-E")
+            proc = harness.Proc(f"plain-{queue}-{len(started)}", argv, env, tmp_path)
+            started.append((proc, queue))
+        else:
+            started.append((None, queue))
+        return proc, app, timings
+
+    yield start
+    for proc, _ in reversed(started):
+        if proc is not None:
+            proc.stop()
+    with Connection(lanes_empty) as conn:
+        for _, queue in started:
+            try:
+                conn.default_channel.queue_delete(queue)
+            except Exception:  # already gone
+                pass
+
+
+def queue_depth(management, vhost: str, queue: str) -> tuple[int, int, int]:
+    """``(ready, unacked, consumers)`` from the management API (a few seconds stale)."""
+    info = management.queue(vhost, queue) if hasattr(management, "queue") else None
+    if info is None:
+        return (0, 0, 0)
+    return (info.get("messages_ready", 0), info.get("messages_unacknowledged", 0),
+            info.get("consumers", 0))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    harness.report()
+
+
+def pytest_configure(config):
+    os.environ.setdefault("SWITCHYARD_LOG_LEVEL", "WARNING")
+
+
+@pytest.fixture
+def start_role(transactional_db, lanes_empty, tmp_path):
+    """As the tests' ``start_role``, with production's database connection reuse
+    (the tests close connections after each task so a test database can be dropped
+    at once; a benchmark measures what production runs)."""
+    from tests.processes import Role
+
+    started: list = []
+
+    def start(script: str, *args: str, name: str | None = None, **env: str):
+        env.setdefault("DATABASE_CONN_MAX_AGE", "60")
+        role = Role(name or "-".join((script, *args)), [script, *args],
+                    role_env(lanes_empty, **env), tmp_path)
+        started.append(role)
+        return role
+
+    yield start
+    for role in reversed(started):
+        role.stop()

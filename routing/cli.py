@@ -16,7 +16,7 @@ from typing import TextIO
 
 from pika.exceptions import AMQPChannelError, AMQPConnectionError, ChannelClosedByBroker
 
-from . import definitions, exitcodes, table, topology
+from . import access, definitions, exitcodes, table, topology
 from .apply import apply_topology, format_arguments
 from .broker import BrokerUnreachable, connect, describe, redact
 from .commands import routing_command
@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"python -m routing definitions > {definitions.COMMITTED_PATH}",
     )
     defs.add_argument("--vhost", default="/", help="vhost of every object (default: /)")
+    defs.add_argument(
+        "--passwords-from-env", action="store_true",
+        help="hash each role's password from SWITCHYARD_RABBITMQ_PASSWORD_<ROLE> (exit 1 "
+        "naming any unset, placeholder or short one); without it every password_hash is "
+        "empty: the users exist but cannot log in",
+    )
     return parser
 
 
@@ -96,8 +102,16 @@ def _show(args: argparse.Namespace, out: TextIO) -> int:
     return exitcodes.OK
 
 
-def _definitions(args: argparse.Namespace, out: TextIO) -> int:
-    out.write(definitions.render(args.vhost))
+def _definitions(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    passwords = None
+    if args.passwords_from_env:
+        try:
+            passwords = access.passwords_from_env()
+        except access.MissingPasswords as exc:
+            print(f"refused: {exc}. Set them (in .env for docker compose) and run again.",
+                  file=err)
+            return exitcodes.FAILED
+    out.write(definitions.render(args.vhost, passwords))
     return exitcodes.OK
 
 
@@ -172,7 +186,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.command == "show":
         return _show(args, out)
     if args.command == "definitions":
-        return _definitions(args, out)
+        return _definitions(args, out, err)
     if args.command == "apply":
         return _apply(args, out, err)
     return _verify(args, out)

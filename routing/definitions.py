@@ -5,22 +5,33 @@ setting read, so a broker can be given the topology before any Switchyard
 process starts. ``deploy/rabbitmq/definitions.json`` is this output, committed;
 a test fails when it falls behind the topology.
 
-Users, permissions, policies and parameters are left empty: credentials do
-not belong in the repository, and the topology needs no policy.
+It also carries one user per Switchyard role with least privilege
+(``routing.access``), because a broker that loads definitions at boot creates
+no ``guest`` user. The committed file holds no secret: each user's
+``password_hash`` is empty, which RabbitMQ reads as "no password login"
+until an operator sets one (``rabbitmqctl change_password``). Deploys render
+the same document with real hashes from the environment
+(``python -m routing definitions --passwords-from-env``, see
+docs/operations.md); that output is never committed. Policies and
+parameters stay empty: the topology needs none.
 """
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from . import topology
+from . import access, topology
 
 #: Where the committed copy lives, relative to the repository root.
 COMMITTED_PATH = "deploy/rabbitmq/definitions.json"
 
 
-def definitions(vhost: str = "/") -> dict[str, Any]:
-    """The topology of ``vhost`` as a definitions document."""
+def definitions(vhost: str = "/", passwords: dict[str, str] | None = None) -> dict[str, Any]:
+    """The topology of ``vhost``, its users and their permissions, as a definitions document.
+
+    ``passwords`` maps user names to clear-text passwords, hashed here (a new
+    salt each time); without it every ``password_hash`` is empty (no login).
+    """
     exchanges = [
         {
             "name": exchange.name,
@@ -56,18 +67,41 @@ def definitions(vhost: str = "/") -> dict[str, Any]:
                 "arguments": {},
             }
         )
+    users = []
+    permissions = []
+    for grant in access.grants():
+        password = (passwords or {}).get(grant.user)
+        users.append(
+            {
+                "name": grant.user,
+                "password_hash": access.password_hash(password) if password else "",
+                "hashing_algorithm": access.HASHING_ALGORITHM,
+                "tags": list(grant.tags),
+                "limits": {},
+            }
+        )
+        permissions.append(
+            {
+                "user": grant.user,
+                "vhost": vhost,
+                "configure": grant.configure,
+                "write": grant.write,
+                "read": grant.read,
+            }
+        )
     return {
         "vhosts": [{"name": vhost}],
         "exchanges": exchanges,
         "queues": queues,
         "bindings": bindings,
-        "users": [],
-        "permissions": [],
+        "users": users,
+        "permissions": permissions,
         "policies": [],
         "parameters": [],
     }
 
 
-def render(vhost: str = "/") -> str:
-    """Deterministic JSON text (sorted keys, indent 2, final newline): diffs stay readable."""
-    return json.dumps(definitions(vhost), indent=2, sort_keys=True) + "\n"
+def render(vhost: str = "/", passwords: dict[str, str] | None = None) -> str:
+    """JSON text (sorted keys, indent 2, final newline): diffs stay readable.
+    Deterministic without ``passwords`` (the committed file)."""
+    return json.dumps(definitions(vhost, passwords), indent=2, sort_keys=True) + "\n"

@@ -14,8 +14,9 @@ import pytest
 from django.conf import settings
 from kombu import Connection, Exchange, Producer, Queue
 
+from jobs.bulk import BulkJob, job_submit_bulk
 from jobs.models import Job
-from jobs.services import job_submit, job_submit_many
+from jobs.services import job_submit
 from routing import topology
 from switchyard.worker import REASON_HEADER
 from tenants.models import Tenant
@@ -44,9 +45,9 @@ def job_status(job_id) -> str:
 def test_quick_task_completes_while_slow_backlog_sits(start_role, management):
     # Given a standard tenant with 2,000 slow jobs queued behind one busy slow worker
     tenant = Tenant.objects.create(name="flooder", tier="standard")
-    queued = job_submit_many(tenant=tenant, task="demo.slow_task",
-                             params_list=({"seconds": 0.5} for _ in range(2000)))
-    assert queued == 2000
+    outcome = job_submit_bulk(tenant=tenant, jobs=[
+        BulkJob(task="demo.slow_task", params={"seconds": 0.5})] * 2000, enforce_quotas=False)
+    assert (outcome.accepted, outcome.published) == (2000, 2000)
     slow = start_lane(start_role, management, "slow", concurrency=1)
     quick = start_lane(start_role, management, "quick", concurrency=2)
 

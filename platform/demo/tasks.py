@@ -9,6 +9,7 @@ whose items may ask to fail (to watch a batch report failed items).
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 
 from jobs.models import Job
@@ -88,3 +89,26 @@ def checksum(item: dict) -> str:
     if item.get("fail"):
         raise ValueError(item["fail"])
     return hashlib.sha256(item["data"].encode()).hexdigest()
+
+
+@app.task(
+    name="demo.poison",
+    lane="slow",
+    public=False,
+    params_schema={
+        "type": "object",
+        "properties": {"marker": {"type": "string"}},
+        "required": ["marker"],
+        "additionalProperties": False,
+    },
+)
+def poison(marker: str) -> str:
+    """Kill the process running it while the file ``marker`` exists, as a segfault or
+    the OOM killer would; succeed once the file is gone (the fix is deployed).
+
+    A poison message to rehearse docs/runbooks/poison-messages.md with. Not
+    public: no tenant can submit it through the API.
+    """
+    if os.path.exists(marker):
+        os._exit(70)
+    return marker

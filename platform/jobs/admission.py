@@ -31,6 +31,7 @@ from django.utils import timezone
 import routing.celery_config as routing_celery
 from jobs.models import Job
 from jobs.services import publish_job
+from jobs.signals import job_events_for
 from routing import priorities, topology
 from tenants.models import Tenant
 
@@ -114,4 +115,7 @@ def _save_first_sight(job: Job) -> bool:
         job.save(force_insert=True)
     except IntegrityError:
         return False
+    job_events_for("submitted", [job])
+    if job.status == Job.Status.DEAD:
+        job_events_for("dead", [job])
     return True

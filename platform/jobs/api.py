@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
@@ -15,6 +16,7 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from jobs.bulk import BulkInterrupted, BulkJob, BulkOutcome, job_submit_bulk
 from jobs.catalogue import (
     CatalogueTask,
     InvalidParams,
@@ -266,6 +268,91 @@ class JobListSubmitApi(APIView):
         page = paginator.paginate_queryset(jobs, request, view=self)
         return paginator.get_paginated_response(
             JobOutputSerializer(page, many=True, context={"request": request}).data)
+
+
+class JobBulkSubmitApi(APIView):
+    """``POST /api/v1/jobs/bulk``: many jobs in one request, each with its own
+    task, params and options; published with pipelined publisher confirms."""
+
+    ITEM_FIELDS = ("task", "params", "options")
+
+    class InputSerializer(serializers.Serializer):
+        jobs = serializers.ListField(child=serializers.DictField(), help_text=(
+            "each {task, params?, options?} as for POST /api/v1/jobs"))
+
+    class OutputSerializer(serializers.Serializer):
+        accepted = serializers.IntegerField(help_text="jobs recorded")
+        published = serializers.IntegerField(help_text="jobs the broker confirmed")
+        scheduled = serializers.IntegerField(help_text="jobs waiting for countdown/eta")
+        deferred = serializers.IntegerField(
+            help_text="jobs the broker did not confirm in time; the dispatcher publishes them")
+        dead = serializers.IntegerField(help_text="jobs no queue would take (unroutable)")
+        jobs = serializers.ListField(child=serializers.UUIDField(),
+                                     help_text="job ids, in the order submitted")
+
+    @extend_schema(request=InputSerializer, responses={202: OutputSerializer})
+    def post(self, request):
+        items = request.data.get("jobs") if isinstance(request.data, dict) else None
+        unknown = sorted(set(request.data) - {"jobs"}) if isinstance(request.data, dict) else []
+        if unknown:
+            raise ValidationError({key: ["unknown field; accepted: jobs"] for key in unknown})
+        limit = settings.SWITCHYARD_MAX_BULK_JOBS
+        if not isinstance(items, list) or not items:
+            raise ValidationError({"jobs": ["a non-empty list of {task, params, options}"]})
+        if len(items) > limit:
+            raise ValidationError({"jobs": [f"{len(items)} jobs; at most {limit} in one request "
+                                            "(send several requests, or a batch)"]})
+        jobs = [self._parse(index, item) for index, item in enumerate(items)]
+        try:
+            outcome = job_submit_bulk(tenant=request.auth, jobs=jobs)
+        except InvalidSubmission as exc:
+            raise ValidationError({exc.field: [exc.message]}) from exc
+        except QuotaExceeded as exc:
+            return Response({"detail": f"quota exceeded: {exc}"},
+                            status=status.HTTP_429_TOO_MANY_REQUESTS,
+                            headers={"Retry-After": str(exc.retry_after)})
+        except BulkInterrupted as exc:  # some accepted: say which, ask for the rest again
+            body = self._render(exc.outcome)
+            body["detail"] = (f"the database failed after {exc.outcome.accepted} of "
+                              f"{len(jobs)} jobs were accepted; submit the rest again")
+            return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                            headers={"Retry-After": "5"})
+        return Response(self._render(outcome), status=status.HTTP_202_ACCEPTED)
+
+    def _parse(self, index: int, item) -> BulkJob:
+        where = f"jobs.{index}"
+        if not isinstance(item, dict):
+            raise ValidationError({where: ["must be an object {task, params, options}"]})
+        unknown = sorted(set(item) - set(self.ITEM_FIELDS))
+        if unknown:
+            raise ValidationError({f"{where}.{unknown[0]}": [
+                f"unknown field; accepted: {', '.join(self.ITEM_FIELDS)}"]})
+        name, params = item.get("task"), item.get("params", {})
+        if not isinstance(name, str):
+            raise ValidationError({f"{where}.task": ["a task name is required"]})
+        task = catalogue_task(name)
+        if task is None:
+            raise ValidationError({f"{where}.task": [f"unknown task {name!r}; see /api/v1/tasks"]})
+        if not isinstance(params, dict):
+            raise ValidationError({f"{where}.params": ["must be an object"]})
+        try:
+            validate_params(task, params, field=f"{where}.params")
+        except InvalidParams as exc:
+            raise ValidationError({exc.field: [exc.message]}) from exc
+        raw_options = item.get("options") or {}
+        if not raw_options:
+            return BulkJob(task=task.name, params=params)
+        try:
+            options = parse_options(raw_options)
+        except ValidationError as exc:
+            raise ValidationError({where: exc.detail}) from exc
+        return BulkJob(task=task.name, params=params, options=options)
+
+    @staticmethod
+    def _render(outcome: BulkOutcome) -> dict:
+        return {"accepted": outcome.accepted, "published": outcome.published,
+                "scheduled": outcome.scheduled, "deferred": outcome.deferred,
+                "dead": outcome.dead, "jobs": [str(job_id) for job_id in outcome.job_ids]}
 
 
 def _own_job(request, job_id) -> Job:

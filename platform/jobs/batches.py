@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from jobs.services import (
     new_job,
     schedule_of,
 )
+from jobs.signals import job_event_send
 from routing import topology
 from switchyard.celery import app
 from tenants.models import Tenant
@@ -119,6 +121,7 @@ def batch_submit(*, tenant: Tenant, task: str, items: Sequence[Any],
             check_quotas(tenant, now, adding=count)
             batch.save(force_insert=True)
             Job.objects.bulk_create(chunks, batch_size=2000)
+            transaction.on_commit(lambda: _count_chunks("submitted", batch, lanes))
     except IntegrityError:
         existing = idempotent_replay(tenant.batches.all(), idempotency_key,
                                      batch.request_fingerprint)
@@ -157,7 +160,20 @@ def batch_cancel(*, batch: Batch) -> int:
             raise NotCancellable(f"batch {batch.id} has no chunk left that has not started")
         Batch.objects.filter(id=batch.id).update(cancelled_at=now)
         batch.cancelled_at = now
+        if batch.lane == MIXED_LANES:
+            per_lane = Counter(Job.objects.filter(
+                batch=batch, status=Job.Status.CANCELLED, finished_at=now,
+            ).values_list("lane", flat=True))
+        else:
+            per_lane = Counter({batch.lane: cancelled})
+        transaction.on_commit(lambda: _count_chunks("cancelled", batch, per_lane.elements()))
     return cancelled
+
+
+def _count_chunks(event: str, batch: Batch, lanes) -> None:
+    """Count a batch's chunks in the metrics under each chunk's own lane."""
+    for lane, count in Counter(lanes).items():
+        job_event_send(event, lane=lane, tier=batch.tier, task=batch.task, count=count)
 
 
 @dataclass(frozen=True)

@@ -142,3 +142,23 @@ class Batch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task} x{self.total_items} {self.id}"
+
+
+class PendingConfirm(models.Model):
+    """Jobs written as published by a bulk submission whose broker confirms were
+    not yet all seen.
+
+    A bulk submission records its jobs already marked published (one COPY, no
+    per-job UPDATE afterwards), then publishes them. This row, written in the
+    same transaction, is deleted once the broker has answered for every job;
+    jobs it did not confirm are set back to unpublished for the dispatcher. A
+    row that outlives ``SWITCHYARD_BULK_CONFIRM_GRACE`` means the submitting
+    process died in between: the dispatcher then sets its still-queued jobs back
+    to unpublished and publishes them again (``jobs.bulk.job_reclaim_unconfirmed``).
+    """
+
+    created_at = models.DateTimeField(db_index=True)
+    job_ids = models.JSONField(help_text="Ids of the jobs not yet confirmed.")
+
+    def __str__(self) -> str:
+        return f"{len(self.job_ids)} job(s) awaiting confirms since {self.created_at:%H:%M:%S}"

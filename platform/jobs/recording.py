@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from celery import signals
+from celery.exceptions import Reject
 from django.db.models import F
 from django.utils import timezone
 
@@ -24,6 +25,7 @@ from jobs.services import (
     job_record_failure,
     job_record_success,
 )
+from jobs.signals import delivery_ended, delivery_labels, delivery_started, job_event_send
 from switchyard.celery import PermanentFailure
 
 logger = logging.getLogger(__name__)
@@ -47,8 +49,11 @@ def job_begin(*, task, task_id: str, args, kwargs) -> bool:
     fresh copy of a job already started (the same job published twice, e.g.
     by the web after its deadline and by the dispatcher); a copy older than the
     job's latest publication (``switchyard_publication`` header); a job past
-    its deliveries (``max_attempts`` plus ``LOST_DELIVERY_ALLOWANCE``), which
-    is marked ``dead``. A message published without Switchyard's submit path
+    its deliveries (``max_attempts`` plus ``LOST_DELIVERY_ALLOWANCE``): a poison
+    message that killed its worker every time. That job is marked ``dead`` and
+    its message rejected without requeue (``Reject``), so RabbitMQ dead-letters
+    it to ``<lane>.dead``, where ``manage.py dlq`` shows and replays it
+    (docs/runbooks/poison-messages.md). A message published without Switchyard's submit path
     (Celery-native) is admitted on first sight (``jobs.admission``).
     """
     request = task.request
@@ -65,19 +70,25 @@ def job_begin(*, task, task_id: str, args, kwargs) -> bool:
         runnable = runnable.filter(publications__lte=publication)
     allowed = runnable.filter(attempts__lt=F("max_attempts") + LOST_DELIVERY_ALLOWANCE)
     if allowed.update(**values):
+        delivery_started(task)
         return True
     job = Job.objects.select_related("tenant").filter(id=task_id).first()
     if job is not None:
         if runnable.exists():  # runnable but out of deliveries: it kills its worker
-            job_record_dead(job=job, runnable=RUNNABLE, reason=(
-                f"gave up after {job.attempts} deliveries without an outcome (the worker was "
-                "lost each time)"))
+            reason = (f"gave up after {job.attempts} deliveries without an outcome (the worker "
+                      f"was lost each time); message moved to {job.lane}.dead")
+            job_record_dead(job=job, runnable=RUNNABLE, reason=reason)
+            logger.error("job %s (%s) is a poison message: %s", task_id, job.task, reason)
+            raise Reject(reason, requeue=False)
         logger.info("job %s (%s) is not runnable by this delivery; acknowledged unrun",
                     task_id, job.status)
         return False
     if not job_admit_native(task=task, task_id=task_id, args=args, kwargs=kwargs):
         return False
-    return bool(allowed.update(**values))
+    if allowed.update(**values):
+        delivery_started(task)
+        return True
+    return False
 
 
 @signals.task_success.connect
@@ -88,27 +99,31 @@ def job_succeeded(sender=None, result=None, **_):
     failed_items = 0
     if getattr(sender, "item_schema", None) is not None and isinstance(result, dict):
         failed_items = len(result.get("failed") or ())
-    job_record_success(job_id=sender.request.id, result=jsonable(result),
-                       failed_items=failed_items,
-                       has_link=bool(getattr(sender.request, LINK_HEADER, False)))
+    if job_record_success(job_id=sender.request.id, result=jsonable(result),
+                          failed_items=failed_items,
+                          has_link=bool(getattr(sender.request, LINK_HEADER, False))):
+        delivery_ended(sender, "succeeded", finished=True)
 
 
 @signals.task_retry.connect
 def job_retrying(sender=None, request=None, reason=None, **_):
     if not _is_switchyard_task(sender):
         return
-    Job.objects.filter(id=request.id, status=Job.Status.STARTED).update(
-        status=Job.Status.RETRYING, error=str(reason)[:5000])
+    if Job.objects.filter(id=request.id, status=Job.Status.STARTED).update(
+            status=Job.Status.RETRYING, error=str(reason)[:5000]):
+        delivery_ended(sender, "retried", finished=False)
 
 
 @signals.task_revoked.connect
 def job_expired(sender=None, request=None, expired=False, **_):
     """Celery drops a message whose ``expires`` passed before it started."""
     if expired and request is not None:
-        Job.objects.filter(id=request.id, status__in=RUNNABLE).update(
+        if Job.objects.filter(id=request.id, status__in=RUNNABLE).update(
             status=Job.Status.EXPIRED, finished_at=timezone.now(),
             error="expired before a worker could start it",
-        )
+        ) and _is_switchyard_task(sender):
+            lane, tier, task = delivery_labels(sender, request)
+            job_event_send("expired", lane=lane, tier=tier, task=task)
 
 
 @signals.task_failure.connect
@@ -116,5 +131,9 @@ def job_failed(sender=None, task_id=None, exception=None, **_):
     """Sent for an exception in the task and, by Celery 5.7, for a hard time limit."""
     if not _is_switchyard_task(sender):
         return
-    job_record_failure(job_id=task_id, error=f"{type(exception).__name__}: {exception}",
-                       retryable=not isinstance(exception, PermanentFailure))
+    status = job_record_failure(job_id=task_id, error=f"{type(exception).__name__}: {exception}",
+                                retryable=not isinstance(exception, PermanentFailure))
+    if status == Job.Status.FAILED:
+        delivery_ended(sender, "failed", finished=True)
+    elif status == Job.Status.RETRYING:
+        delivery_ended(sender, "retried", finished=False)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
@@ -27,6 +27,7 @@ from django.utils import timezone
 
 import routing.celery_config as routing_celery
 from jobs.models import Job
+from jobs.signals import job_events_for, timing_headers
 from routing import priorities, topology
 from switchyard.celery import app
 from tenants.models import Tenant
@@ -210,13 +211,33 @@ def new_job(*, tenant: Tenant | None, task: str, params: Mapping[str, Any],
     )
 
 
+def run_option_values(options: SubmitOptions) -> dict[str, Any]:
+    """The job fields that say what happens after a run (retries, links)."""
+    values: dict[str, Any] = {
+        "link": asdict(options.link) if options.link else None,
+        "link_error": asdict(options.link_error) if options.link_error else None,
+    }
+    if options.retry_policy is not None:
+        values["retry_policy"] = asdict(options.retry_policy)
+        values["max_attempts"] = 1 + options.retry_policy.max_retries
+    return values
+
+
 def apply_run_options(job: Job, options: SubmitOptions) -> None:
     """Copy what happens after a run (retries, links) from ``options`` onto ``job``."""
-    if options.retry_policy is not None:
-        job.retry_policy = asdict(options.retry_policy)
-        job.max_attempts = 1 + options.retry_policy.max_retries
-    job.link = asdict(options.link) if options.link else None
-    job.link_error = asdict(options.link_error) if options.link_error else None
+    for name, value in run_option_values(options).items():
+        setattr(job, name, value)
+
+
+def check_links(options: SubmitOptions, prefix: str = "options") -> None:
+    """``InvalidSubmission`` naming the field if a linked task is not routable."""
+    for name in ("link", "link_error"):
+        linked = getattr(options, name)
+        if linked is not None:
+            try:
+                task_lane(linked.task)
+            except UnknownTask as exc:
+                raise InvalidSubmission(f"{prefix}.{name}.task", str(exc)) from None
 
 
 _QUOTA_COUNTS = """
@@ -229,9 +250,11 @@ SELECT (SELECT count(*) FROM jobs_job WHERE tenant_id = %(tenant)s
 """
 
 
-def check_quotas(tenant: Tenant, now: dt.datetime, *, adding: int = 1) -> None:
-    """Raise ``QuotaExceeded`` if ``adding`` more waiting jobs (one submission)
-    would break the tenant's quotas. A batch is one submission of many jobs.
+def check_quotas(tenant: Tenant, now: dt.datetime, *, adding: int = 1,
+                 submissions: int = 1) -> None:
+    """Raise ``QuotaExceeded`` if ``adding`` more waiting jobs, counting as
+    ``submissions`` toward the rate quota, would break the tenant's quotas. A
+    batch is one submission of many jobs; a bulk submission of n jobs is n.
     Both counts are read in one round trip (each on its own index)."""
     window = now - dt.timedelta(seconds=60)
     with connection.cursor() as cursor:
@@ -240,7 +263,11 @@ def check_quotas(tenant: Tenant, now: dt.datetime, *, adding: int = 1) -> None:
     if waiting + adding > tenant.max_queued_jobs:
         raise QuotaExceeded(f"{waiting} jobs are waiting and this adds {adding}; the quota is "
                             f"{tenant.max_queued_jobs}", retry_after=30)
-    if recent >= tenant.submissions_per_minute:
+    if submissions > tenant.submissions_per_minute:
+        raise QuotaExceeded(f"{submissions} jobs in one submission is more than the "
+                            f"{tenant.submissions_per_minute} submissions a minute allowed; "
+                            "send them in smaller parts, or as a batch", retry_after=60)
+    if recent + submissions > tenant.submissions_per_minute:
         recent_jobs = Job.objects.filter(tenant=tenant, submitted_at__gt=window,
                                          batch__isnull=True)
         recent_batches = tenant.batches.filter(submitted_at__gt=window)
@@ -276,6 +303,7 @@ def _publish(job: Job, producer=None, **publish_options) -> None:
                PUBLICATION_HEADER: job.publications}
     if job.link:
         headers[LINK_HEADER] = 1
+    headers.update(timing_headers(job))  # observers time the wait (jobs.signals)
     app.send_task(
         job.task,
         kwargs=job.params,
@@ -339,13 +367,7 @@ def job_submit(*, tenant: Tenant | None, task: str, params: Mapping[str, Any] | 
     params = dict(params or {})
     now = timezone.now()
     run_at, expires_at = schedule_of(options, now)
-    for name in ("link", "link_error"):
-        linked = getattr(options, name)
-        if linked is not None:
-            try:
-                task_lane(linked.task)
-            except UnknownTask as exc:
-                raise InvalidSubmission(f"options.{name}.task", str(exc)) from None
+    check_links(options)
     job = new_job(tenant=tenant, task=task, params=params, priority=options.priority, now=now)
     job.run_at, job.expires_at = run_at, expires_at
     apply_run_options(job, options)
@@ -361,6 +383,7 @@ def job_submit(*, tenant: Tenant | None, task: str, params: Mapping[str, Any] | 
             if tenant is not None:
                 check_quotas(tenant, now)
             job.save(force_insert=True)
+            transaction.on_commit(lambda: job_events_for("submitted", [job]))
             if run_at is None:
                 transaction.on_commit(lambda: _publish_after_commit(job))
     except IntegrityError:
@@ -387,40 +410,6 @@ def idempotent_replay(records: QuerySet, key: str, expected: str):
     return existing
 
 
-def job_submit_many(*, tenant: Tenant | None, task: str, params_list: Iterable[Mapping[str, Any]],
-                    priority: int | None = None, chunk: int = 2000) -> int:
-    """Record and publish many jobs of one task for one tenant; return how many.
-
-    Rows are inserted in chunks and each chunk is published after its commit
-    over one producer connection, with publisher confirms.
-    """
-    total = 0
-    batch: list[Job] = []
-
-    def flush() -> None:
-        nonlocal total
-        if not batch:
-            return
-        with transaction.atomic():
-            Job.objects.bulk_create(batch)
-        with app.producer_or_acquire() as producer:
-            for job in batch:
-                job.publications = 1
-                _publish(job, producer=producer)
-        Job.objects.filter(id__in=[job.id for job in batch]).update(
-            published_at=timezone.now(), publications=1)
-        total += len(batch)
-        batch.clear()
-
-    for params in params_list:
-        batch.append(new_job(tenant=tenant, task=task, params=params, priority=priority,
-                              now=timezone.now()))
-        if len(batch) >= chunk:
-            flush()
-    flush()
-    return total
-
-
 class NotCancellable(Exception):
     """The job already started or finished."""
 
@@ -438,6 +427,7 @@ def job_cancel(*, job: Job) -> Job:
     if not updated:
         raise NotCancellable(f"job {job.id} is {job.status}; only a job that has not started "
                              "can be cancelled")
+    job_events_for("cancelled", [job])
     return job
 
 
@@ -473,6 +463,7 @@ def job_publish_due(*, now: dt.datetime | None = None, limit: int = 500) -> int:
             Job.objects.filter(id__in=[j.id for j in expired]).update(
                 status=Job.Status.EXPIRED, finished_at=now,
                 error="expired before it could be published")
+            transaction.on_commit(lambda: job_events_for("expired", expired))
         if ready:
             with app.producer_or_acquire() as producer:
                 for job in ready:
@@ -508,18 +499,28 @@ def _submit_followup(parent: Job, spec: Mapping[str, Any]) -> Job | None:
         return None
     child.parent = parent
     child.save(force_insert=True)
+    transaction.on_commit(lambda: job_events_for("submitted", [child]))
     transaction.on_commit(lambda: _publish_from_worker(child))
     return child
 
 
 def job_record_success(*, job_id, result: Any, failed_items: int = 0,
                        has_link: bool = False) -> bool:
-    """``started`` → ``succeeded``; submits the job's ``link``. False if it was not started."""
-    with transaction.atomic():
-        updated = Job.objects.filter(id=job_id, status=Job.Status.STARTED).update(
+    """``started`` → ``succeeded``; submits the job's ``link``. False if it was not started.
+
+    Without a link this is one UPDATE in autocommit (one round trip: it runs
+    after every job); with one, the follow-up is written in the same transaction.
+    """
+    def succeed() -> int:
+        return Job.objects.filter(id=job_id, status=Job.Status.STARTED).update(
             status=Job.Status.SUCCEEDED, finished_at=timezone.now(), result=result, error="",
             failed_items=failed_items)
-        if updated and has_link:
+
+    if not has_link:
+        return bool(succeed())
+    with transaction.atomic():
+        updated = succeed()
+        if updated:
             job = Job.objects.select_related("tenant").get(id=job_id)
             if job.link:
                 _submit_followup(job, job.link)
@@ -556,6 +557,8 @@ def job_record_dead(*, job: Job, reason: str, runnable=()) -> bool:
             status=Job.Status.DEAD, finished_at=timezone.now(), error=reason[:5000])
         if updated and job.link_error:
             _submit_followup(job, job.link_error)
+        if updated:
+            transaction.on_commit(lambda: job_events_for("dead", [job]))
     return bool(updated)
 
 

@@ -2,7 +2,13 @@ from __future__ import annotations
 
 from django.urls import path
 
-from jobs.api import JobCancelApi, JobDetailApi, JobListSubmitApi, TaskCatalogueApi
+from jobs.api import (
+    JobBulkSubmitApi,
+    JobCancelApi,
+    JobDetailApi,
+    JobListSubmitApi,
+    TaskCatalogueApi,
+)
 from jobs.batch_api import (
     BatchCancelApi,
     BatchChunksApi,
@@ -14,6 +20,7 @@ from jobs.batch_api import (
 app_name = "jobs"
 urlpatterns = [
     path("jobs", JobListSubmitApi.as_view(), name="job-list"),
+    path("jobs/bulk", JobBulkSubmitApi.as_view(), name="job-bulk"),
     path("jobs/<uuid:job_id>", JobDetailApi.as_view(), name="job-detail"),
     path("jobs/<uuid:job_id>/cancel", JobCancelApi.as_view(), name="job-cancel"),
     path("batches", BatchListSubmitApi.as_view(), name="batch-list"),

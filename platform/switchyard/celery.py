@@ -10,6 +10,7 @@ fed by ``routing``; this module wires the parts settings cannot express:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -105,6 +106,23 @@ def _enforce_contract(sender=None, headers=None, properties=None, routing_key=No
         # stay "queued" for ever. The worker enforces `expires` (the header)
         # against the job record instead and marks the job expired.
         properties.pop("expiration", None)
+
+
+_connections_checked = 0.0
+
+
+@signals.task_prerun.connect
+def _recycle_database_connections(**_):
+    # What Django does around each request, at most once a second (each check
+    # of a connection's health costs a round trip): drop connections past
+    # DATABASE_CONN_MAX_AGE or broken (e.g. after a database restart).
+    global _connections_checked
+    now = time.monotonic()
+    if now - _connections_checked >= 1.0:
+        _connections_checked = now
+        from django.db import close_old_connections
+
+        close_old_connections()
 
 
 def startup_problems() -> list[str]:

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.http import JsonResponse
 
 BATCH_PATH = "/api/v1/batches"
+BULK_PATH = "/api/v1/jobs/bulk"
 #: Takes up to 100,000 file ids, like a batch.
 MEDIA_OPERATIONS_PATH = "/api/v1/media/operations"
 MEDIA_UPLOAD_PATH = "/api/v1/media/uploads"
@@ -18,7 +19,7 @@ MEDIA_UPLOAD_PATH = "/api/v1/media/uploads"
 
 def body_limit(path: str) -> int:
     path = path.rstrip("/")
-    if path in (BATCH_PATH, MEDIA_OPERATIONS_PATH):
+    if path in (BATCH_PATH, BULK_PATH, MEDIA_OPERATIONS_PATH):
         return settings.SWITCHYARD_MAX_BATCH_BODY_BYTES
     if path == MEDIA_UPLOAD_PATH:
         return settings.SWITCHYARD_MEDIA_MAX_UPLOAD_BODY_BYTES

@@ -5,11 +5,14 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from monitoring.views import metrics
 from switchyard.views import healthz
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics, name="metrics"),
+    path("", include("monitoring.urls")),
     path("api/v1/", include("jobs.urls")),
     path("api/v1/media/", include("media.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

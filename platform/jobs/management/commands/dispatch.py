@@ -3,8 +3,10 @@
 Runs as the ``dispatcher`` role. It publishes jobs whose countdown, eta or
 retry backoff is due, batch chunks, and jobs the web could not publish; every
 ``--reap-every`` seconds it also finds started jobs whose worker was lost
-(``jobs.services.job_reap_lost``). Several may run at once (rows are locked
-with SKIP LOCKED on PostgreSQL); with SQLite run one.
+(``jobs.services.job_reap_lost``) and bulk submissions whose submitter died
+before the broker confirmed them (``jobs.bulk.job_reclaim_unconfirmed``).
+Several may run at once (rows are locked with SKIP LOCKED on PostgreSQL);
+with SQLite run one.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import time
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
+from jobs.bulk import job_reclaim_unconfirmed
 from jobs.services import job_publish_due, job_reap_lost
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ class Command(BaseCommand):
             if time.monotonic() >= next_reap:
                 next_reap = time.monotonic() + reap_every
                 try:
+                    job_reclaim_unconfirmed()
                     requeued, dead = job_reap_lost()
                 except Exception:
                     logger.exception("scan for lost jobs failed")

@@ -1,0 +1,224 @@
+"""What every benchmark scenario shares: scale, processes, queues, the report.
+
+Each scenario records rows (``record``) and, where it has them, latency
+samples (``distribution``); ``report`` prints one table at the end of the run,
+writes ``var/bench/results.json`` and draws ``var/bench/latency.png``.
+Figures are reported, compared with the baseline measured in the same run and
+with the target; nothing here asserts a timing (the machine is shared).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform as stdlib_platform
+import signal
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = Path(os.environ.get("BENCH_OUT") or REPO / "var" / "bench")
+QUICK = os.environ.get("BENCH_QUICK", "") == "1"
+
+
+def scale(full: int, quick: int) -> int:
+    """``full`` in a real run, ``quick`` in the smoke run (``--quick``)."""
+    return quick if QUICK else full
+
+
+@dataclass
+class Row:
+    scenario: str
+    metric: str
+    switchyard: float | None
+    baseline: float | None
+    unit: str
+    target: str = ""
+    passed: bool | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.switchyard is None or self.baseline in (None, 0):
+            return None
+        return self.switchyard / self.baseline
+
+
+ROWS: list[Row] = []
+DISTRIBUTIONS: dict[str, list[float]] = {}
+
+
+def record(scenario: str, metric: str, switchyard: float | None, baseline: float | None,
+           unit: str, *, target: str = "", passed: bool | None = None, note: str = "") -> Row:
+    row = Row(scenario, metric, switchyard, baseline, unit, target, passed, note)
+    ROWS.append(row)
+    print(f"[{scenario}] {metric}: switchyard={_fmt(switchyard)} baseline={_fmt(baseline)} "
+          f"{unit} {note}", flush=True)
+    return row
+
+
+def distribution(name: str, values_ms: list[float]) -> None:
+    DISTRIBUTIONS[name] = list(values_ms)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "n/a"
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+    return str(value)
+
+
+def machine() -> dict:
+    info = {"cores": os.cpu_count(), "python": stdlib_platform.python_version(),
+            "system": f"{stdlib_platform.system()} {stdlib_platform.machine()}"}
+    try:
+        out = subprocess.run(["rabbitmqctl", "version"], capture_output=True, text=True,
+                             timeout=20)
+        info["rabbitmq"] = out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        info["rabbitmq"] = "unknown"
+    import celery
+    info["celery"] = celery.__version__
+    return info
+
+
+def report() -> str:
+    """Print the table, write JSON and the chart; return the table."""
+    if not ROWS:
+        return ""
+    info = machine()
+    header = ("scenario", "metric", "switchyard", "baseline", "ratio", "unit", "target",
+              "result")
+    lines = [header]
+    for row in ROWS:
+        result = {True: "pass", False: "FAIL", None: "-"}[row.passed]
+        lines.append((row.scenario, row.metric, _fmt(row.switchyard), _fmt(row.baseline),
+                      "-" if row.ratio is None else f"{row.ratio:.2f}x", row.unit,
+                      row.target or "-", result))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    rule = "  ".join("-" * w for w in widths)
+    text = [f"Switchyard benchmarks ({'quick smoke run' if QUICK else 'full run'}) on "
+            f"{info['cores']} cores, RabbitMQ {info['rabbitmq']}, Celery {info['celery']}, "
+            f"Python {info['python']}", rule]
+    for i, line in enumerate(lines):
+        text.append("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True)))
+        if i == 0:
+            text.append(rule)
+    notes = [f"  {row.scenario} {row.metric}: {row.note}" for row in ROWS if row.note]
+    if notes:
+        text += ["", "notes:", *notes]
+    table = "\n".join(text)
+    print("\n" + table, flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(
+        {"quick": QUICK, "machine": info, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                time.gmtime()),
+         "rows": [{**asdict(row), "ratio": row.ratio} for row in ROWS],
+         "distributions": DISTRIBUTIONS}, indent=1, default=str))
+    (OUT / "results.txt").write_text(table + "\n")
+    _chart()
+    return table
+
+
+def _chart() -> None:
+    if not DISTRIBUTIONS:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[tuple[str, list[float]]]] = {}
+    for name, values in DISTRIBUTIONS.items():
+        scenario, _, label = name.partition(" ")
+        groups.setdefault(scenario, []).append((label, values))
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.5), squeeze=False)
+    for ax, (scenario, series) in zip(axes[0], groups.items(), strict=True):
+        for label, values in series:
+            ordered = sorted(v for v in values if v == v)
+            if not ordered:
+                continue
+            ys = [100 * (i + 1) / len(ordered) for i in range(len(ordered))]
+            ax.step(ordered, ys, where="post", label=f"{label} (n={len(ordered)})")
+        ax.set_xscale("log")
+        ax.set_xlabel("milliseconds (log scale)")
+        ax.set_ylabel("% of jobs at or below")
+        ax.set_title(scenario)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Switchyard vs baseline: latency distributions (same run)")
+    fig.tight_layout()
+    fig.savefig(OUT / "latency.png", dpi=110)
+    plt.close(fig)
+
+
+class Proc:
+    """A process of the benchmark (a role script or a plain Celery worker),
+    in its own process group, output to a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, cwd=REPO)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def assert_running(self) -> None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident memory (VmHWM) summed over the process group, in MB."""
+        total = 0
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                pid = int(status.parent.name)
+                if os.getpgid(pid) != self.proc.pid:
+                    continue
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+            except (OSError, ValueError):
+                continue
+        return total / 1024
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+
+
+def wait_for(predicate, timeout: float, what: str, procs=(), interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        for proc in procs:
+            proc.assert_running()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)

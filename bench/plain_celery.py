@@ -1,0 +1,89 @@
+"""The baseline: plain Celery as a team would run it without Switchyard.
+
+One queue (``PLAIN_QUEUE``), Celery's settings unless the environment says
+otherwise, no job table, no routing. The benchmarks start its workers with
+``celery -A bench.plain_celery worker`` against the benchmark's own vhost.
+
+Environment (all optional but the broker):
+``CELERY_BROKER_URL``; ``PLAIN_QUEUE`` (default ``plain``); ``PLAIN_PRIORITY=1``
+declares the queue with ``x-max-priority`` 9; ``PLAIN_ACKS_LATE=1``;
+``PLAIN_PREFETCH`` (Celery's default 4); ``PLAIN_CONFIRM=1`` publishes with
+publisher confirms; ``PLAIN_TIMINGS``: a file the sleep and probe tasks append
+``id kind started finished`` lines to (the measurement, not part of a real setup).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from celery import Celery
+from kombu import Queue
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") in ("1", "true", "yes")
+
+
+def make_app(*, broker_url: str | None, queue: str = "plain", priority: bool = False,
+             acks_late: bool = False, prefetch: int = 4, confirm: bool = False) -> Celery:
+    """A plain Celery app with one queue and the three benchmark tasks."""
+    app = Celery("plain", broker=broker_url)
+    app.conf.update(
+        task_queues=[Queue(queue, routing_key=queue,
+                           queue_arguments={"x-max-priority": 9} if priority else None)],
+        task_default_queue=queue,
+        task_default_routing_key=queue,
+        task_acks_late=acks_late,
+        worker_prefetch_multiplier=prefetch,
+        broker_transport_options={"confirm_publish": confirm},
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+    )
+
+    @app.task(name="plain.sleep", bind=True)
+    def sleep(self, seconds: float, kind: str = "slow") -> None:
+        started = time.time()
+        time.sleep(seconds)
+        _record(self.request.id, kind, started)
+
+    @app.task(name="plain.quick", bind=True)
+    def quick(self, x=None):
+        _record(self.request.id, "quick", time.time())
+        return x
+
+    @app.task(name="plain.noop")
+    def noop(x=None):
+        return x
+
+    return app
+
+
+_TIMINGS = os.environ.get("PLAIN_TIMINGS")
+
+
+def _record(task_id: str, kind: str, started: float) -> None:
+    if _TIMINGS:
+        with open(_TIMINGS, "a") as out:  # one short O_APPEND write per line
+            out.write(f"{task_id} {kind} {started:.6f} {time.time():.6f}\n")
+
+
+#: The worker's app, configured from the environment.
+app = make_app(broker_url=os.environ.get("CELERY_BROKER_URL"),
+               queue=os.environ.get("PLAIN_QUEUE", "plain"),
+               priority=_flag("PLAIN_PRIORITY"), acks_late=_flag("PLAIN_ACKS_LATE"),
+               prefetch=int(os.environ.get("PLAIN_PREFETCH", "4")),
+               confirm=_flag("PLAIN_CONFIRM"))
+
+
+def timings(path) -> dict[str, tuple[str, float, float]]:
+    """``{task_id: (kind, started, finished)}`` from a timings file."""
+    out = {}
+    if os.path.exists(path):
+        with open(path) as lines:
+            for line in lines:
+                task_id, kind, started, finished = line.split()
+                out[task_id] = (kind, float(started), float(finished))
+    return out

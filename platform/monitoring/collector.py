@@ -1,0 +1,76 @@
+"""Gauges read when ``/metrics`` is scraped: the broker's view of each lane
+(management API) and the job table's view of each lane and tier.
+
+Computed at scrape time in the process that answers, so they need no
+multiprocess bookkeeping and are never stale.
+"""
+from __future__ import annotations
+
+import logging
+
+from django.utils import timezone
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from monitoring import snapshot
+from routing import priorities, topology
+from routing.management import ManagementError
+
+logger = logging.getLogger(__name__)
+
+
+class QueueCollector(Collector):
+    """Backlog, consumers and oldest waiting job, per lane (and tier)."""
+
+    def collect(self):
+        up = GaugeMetricFamily("switchyard_management_api_up",
+                               "1 when the RabbitMQ management API answered this scrape.")
+        ready = GaugeMetricFamily("switchyard_queue_messages_ready",
+                                  "Messages ready for delivery in the lane's queue (broker).",
+                                  labels=["lane"])
+        unacked = GaugeMetricFamily("switchyard_queue_messages_unacked",
+                                    "Messages delivered to a worker and not yet acknowledged.",
+                                    labels=["lane"])
+        consumers = GaugeMetricFamily("switchyard_queue_consumers",
+                                      "Consumers (worker channels) on the lane's queue.",
+                                      labels=["lane"])
+        dead = GaugeMetricFamily("switchyard_dead_letter_messages",
+                                 "Messages in the lane's dead-letter queue.", labels=["lane"])
+        try:
+            queues = snapshot.broker_queues()
+        except ManagementError as exc:
+            logger.warning("metrics: management API unavailable: %s", exc)
+            queues = None
+        up.add_metric([], 0 if queues is None else 1)
+        for ln in topology.LANES:
+            q = (queues or {}).get(ln.queue)
+            if q is not None:
+                ready.add_metric([ln.name], q.get("messages_ready", 0))
+                unacked.add_metric([ln.name], q.get("messages_unacknowledged", 0))
+                consumers.add_metric([ln.name], q.get("consumers", 0))
+            d = (queues or {}).get(ln.dead_queue)
+            if d is not None:
+                dead.add_metric([ln.name], d.get("messages", 0))
+        yield from (up, ready, unacked, consumers, dead)
+
+        now = timezone.now()
+        waiting = GaugeMetricFamily(
+            "switchyard_jobs_waiting",
+            "Jobs due and not started (queued or waiting for a retry), from the job table.",
+            labels=["lane", "tier"])
+        oldest = GaugeMetricFamily(
+            "switchyard_oldest_waiting_job_age_seconds",
+            "Seconds since the oldest waiting job became due (0 when none waits).",
+            labels=["lane", "tier"])
+        running = GaugeMetricFamily("switchyard_jobs_running", "Jobs started and not finished.",
+                                    labels=["lane", "tier"])
+        by_key = snapshot.waiting_by_lane_tier(now)
+        runs = snapshot.running_by_lane_tier()
+        for ln in topology.LANES:
+            for tier in priorities.TIERS:
+                key = (ln.name, tier.name)
+                count, due = by_key.get(key, (0, None))
+                waiting.add_metric(list(key), count)
+                oldest.add_metric(list(key), max(0.0, (now - due).total_seconds()) if due else 0)
+                running.add_metric(list(key), runs.get(key, 0))
+        yield from (waiting, oldest, running)

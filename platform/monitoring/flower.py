@@ -1,0 +1,151 @@
+"""Flower with Switchyard's Queues page: ``python -m monitoring.flower --conf=...``.
+
+Stock Flower has no queue dimension (its metrics carry ``worker``, ``type`` and
+``task`` only; its Broker page shows message counts without rates or tiers). This
+launcher runs Flower 2.2.0 exactly as ``celery flower`` does (same options,
+configuration file, authentication and pages) and adds:
+
+* ``/queues``: per lane and tier, throughput over the last minute and the
+  window, jobs waiting and the oldest one's age, wait percentiles, and per lane
+  the broker's ready/unacked messages, consumers and dead letters; a "Queues"
+  tab on every page's navigation bar leads there;
+* ``/api/switchyard/queues``: the same as JSON (``monitoring.snapshot``).
+
+Both sit behind Flower's own login. The code leans on Flower's internals
+(``flower.command``'s steps, the navigation bar's markup), so it refuses to run
+on another Flower version than the one it is tested with.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+#: The Flower release this launcher is written and tested against (requirements.txt).
+FLOWER_VERSION = "2.2.0"
+TEMPLATES = Path(__file__).resolve().parent / "flower_templates"
+QUEUES_TEMPLATE = "switchyard_queues.html"
+#: Inserted into Flower's navigation bar, before the end of its first list.
+NAV_ANCHOR = "</ul>"
+NAV_ITEM = """  <li class="nav-item">
+          <a class="nav-link{% if active_tab == 'queues' %} active{% end %}"
+            href="{{ reverse_url('switchyard-queues') }}" id="switchyard-queues-tab"
+            {% if active_tab == 'queues' %}aria-current="page"{% end %}>Queues</a>
+        </li>
+      """
+
+
+def _window(handler) -> int:
+    try:
+        return max(60, min(3600, int(handler.get_query_argument("window", "300"))))
+    except ValueError:
+        return 300
+
+
+def _snapshot(window: int) -> dict:
+    """Runs on Flower's executor: the ORM blocks."""
+    from django.db import close_old_connections
+
+    from monitoring.snapshot import queue_snapshot
+
+    close_old_connections()
+    try:
+        return queue_snapshot(window=window).as_dict()
+    finally:
+        close_old_connections()
+
+
+def build_app_class():
+    """Flower's application class with the Queues page and API added."""
+    import flower
+    from flower.app import Flower, rewrite_handler
+    from flower.views import BaseHandler
+    from tornado import template, web
+    from tornado.ioloop import IOLoop
+    from tornado.web import url
+
+    if flower.__version__ != FLOWER_VERSION:
+        raise SystemExit(f"monitoring.flower is tested with Flower {FLOWER_VERSION}, found "
+                         f"{flower.__version__}; pin flower=={FLOWER_VERSION} or re-test it")
+
+    class QueuesView(BaseHandler):
+        @web.authenticated
+        async def get(self):
+            window = _window(self)
+            snap = await IOLoop.current().run_in_executor(None, _snapshot, window)
+            self.render(QUEUES_TEMPLATE, snap=snap, snap_json=json.dumps(snap), window=window)
+
+    class QueuesApi(BaseHandler):
+        @web.authenticated
+        async def get(self):
+            snap = await IOLoop.current().run_in_executor(None, _snapshot, _window(self))
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.set_header("Cache-Control", "no-store")
+            self.write(json.dumps(snap))
+
+    class TemplateLoader(template.Loader):
+        """Flower's templates, with the Queues tab in its navigation bar and our page."""
+
+        def _create_template(self, name):
+            if name == QUEUES_TEMPLATE:
+                return template.Template((TEMPLATES / name).read_text(), name=name, loader=self)
+            if name == "navbar.html":
+                text = (Path(self.root) / name).read_text()
+                if NAV_ANCHOR not in text:
+                    raise RuntimeError("Flower's navbar.html changed; cannot add the Queues tab")
+                text = text.replace(NAV_ANCHOR, NAV_ITEM + NAV_ANCHOR, 1)
+                return template.Template(text, name=name, loader=self)
+            return super()._create_template(name)
+
+    class SwitchyardFlower(Flower):
+        def __init__(self, options=None, **kwargs):
+            kwargs["template_loader"] = TemplateLoader(kwargs["template_path"])
+            super().__init__(options=options, **kwargs)
+            ours = [url(r"/queues", QueuesView, name="switchyard-queues"),
+                    url(r"/api/switchyard/queues", QueuesApi, name="switchyard-queues-api")]
+            if options is not None and options.url_prefix:
+                ours = [rewrite_handler(h, options.url_prefix) for h in ours]
+            # Before Flower's own rules: its last one answers 404 to everything.
+            router = self.wildcard_router
+            router.rules[:0] = [router.process_rule(rule) for rule in ours]
+
+    return SwitchyardFlower
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Start Flower as ``celery -A switchyard flower ARGS`` would, with the Queues page."""
+    argv = sys.argv[1:] if argv is None else argv
+    # Flower records no job transitions: keep its own prometheus metrics out of
+    # the directory the platform's processes share.
+    os.environ.pop("SWITCHYARD_METRICS_DIR", None)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "switchyard.settings.base")
+    import django
+
+    django.setup()
+    from flower import command
+    from flower.urls import settings as flower_settings
+    from tornado.options import options
+
+    from switchyard.celery import app
+
+    app_class = build_app_class()
+    command.apply_env_options()
+    command.apply_options("flower", argv)
+    command.extract_settings()
+    command.setup_logging()
+    flower_app = app_class(capp=app, options=options, **flower_settings)
+    atexit.register(flower_app.stop)
+    signal.signal(signal.SIGTERM, command.sigterm_handler)
+    port = flower_app.start_http_server()
+    command.print_banner(app, "ssl_options" in flower_settings, port)
+    try:
+        flower_app.start()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Switchyard's Prometheus metrics: counters and histograms per lane and tier.
+
+Job transitions happen in many processes (gunicorn workers, every pool child of
+every Celery worker, the dispatcher). Each records into prometheus_client's
+*multiprocess mode*: one memory-mapped file per process in
+``SWITCHYARD_METRICS_DIR``, summed when ``/metrics`` is read. Why not a Celery
+events consumer: events travel through an exclusive queue whose messages expire
+after 5 s (``CELERY_EVENT_QUEUE_TTL``), so a consumer that is down or behind loses
+them; submissions, cancellations and expiries are not Celery events at all; and
+``task-received`` carries no queue. Recording where the job record changes
+(``jobs.signals``) counts each transition exactly once.
+
+Labels are bounded: ``lane`` and ``tier`` come from the topology, ``task`` is a
+registered task (counters only). The tenant is never a label.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, values
+from prometheus_client import multiprocess as prom_multiprocess
+
+from jobs.signals import job_event
+
+logger = logging.getLogger(__name__)
+
+#: Every counter, by the ``job_event`` it counts.
+EVENTS = ("submitted", "started", "succeeded", "failed", "retried", "dead", "cancelled",
+          "expired")
+_COUNTER_HELP = {
+    "submitted": "Jobs accepted (API, bulk, batch chunks, links, Celery-native first sight).",
+    "started": "Deliveries that started running their job.",
+    "succeeded": "Jobs that ran to success.",
+    "failed": "Jobs that failed for good (no retry left, or a permanent failure).",
+    "retried": "Runs that failed and left the job waiting for a retry.",
+    "dead": "Jobs dead-lettered: lost too often, or a Celery-native message refused.",
+    "cancelled": "Jobs cancelled before they started (jobs and batch chunks).",
+    "expired": "Jobs whose expiry passed before they could start.",
+}
+_COUNTER_NAME = {event: f"switchyard_jobs_{event}" for event in EVENTS}
+_COUNTER_NAME["dead"] = "switchyard_jobs_dead_lettered"
+
+#: Seconds: from 5 ms (a quick task on an idle lane) to 30 min (a slow lane's limit).
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+           300.0, 600.0, 1200.0, 1800.0, float("inf"))
+_HISTOGRAMS = {
+    # job_event keyword -> (name, help)
+    "wait": ("switchyard_job_queue_wait_seconds",
+             "From when the job was due (submission, or its countdown/eta/retry time) to the "
+             "start of its run."),
+    "run": ("switchyard_job_run_seconds", "Run time of one delivery that reported an outcome."),
+    "end_to_end": ("switchyard_job_end_to_end_seconds",
+                   "From submission to the job's final outcome (succeeded or failed), "
+                   "retries included."),
+}
+
+COUNTERS: dict[str, Counter] = {
+    event: Counter(_COUNTER_NAME[event], _COUNTER_HELP[event], ["lane", "tier", "task"])
+    for event in EVENTS
+}
+HISTOGRAMS: dict[str, Histogram] = {
+    key: Histogram(name, doc, ["lane", "tier"], buckets=BUCKETS)
+    for key, (name, doc) in _HISTOGRAMS.items()
+}
+
+
+def multiprocess_dir() -> str | None:
+    """The directory every process of this host records into, or None."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def configure(directory: str) -> None:
+    """Record into ``directory`` (multiprocess mode) when it is set.
+
+    prometheus_client picks its value class when first imported; if that came
+    before the directory was known, it is picked again, before any labelled
+    child (the only thing holding values) exists.
+    """
+    if not directory:
+        return
+    os.makedirs(directory, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    if values.ValueClass is values.MutexValue:
+        values.ValueClass = values.get_value_class()
+
+
+def on_job_event(sender=None, event: str = "", lane: str = "", tier: str = "", task: str = "",
+                 count: int = 1, **seconds) -> None:
+    """Receiver of ``jobs.signals.job_event``: count it, observe its timings."""
+    counter = COUNTERS.get(event)
+    if counter is None:
+        return
+    try:
+        counter.labels(lane, tier, task).inc(count)
+        for key, value in seconds.items():
+            histogram = HISTOGRAMS.get(key)
+            if histogram is not None:
+                histogram.labels(lane, tier).observe(value)
+    except Exception:  # metrics must never fail a job's transition
+        logger.exception("could not record job event %s", event)
+
+
+def connect() -> None:
+    job_event.connect(on_job_event, dispatch_uid="monitoring.metrics")
+
+
+def disconnect() -> None:
+    job_event.disconnect(dispatch_uid="monitoring.metrics")
+
+
+def recorded_registry() -> CollectorRegistry:
+    """A registry of what every process recorded: the multiprocess directory's sum,
+    or this process's own metrics when no directory is set."""
+    registry = CollectorRegistry()
+    directory = multiprocess_dir()
+    if directory:
+        prom_multiprocess.MultiProcessCollector(registry, path=directory)
+    else:
+        for metric in (*COUNTERS.values(), *HISTOGRAMS.values()):
+            registry.register(metric)
+    return registry

@@ -1,0 +1,209 @@
+"""Who may do what on the broker: one RabbitMQ user per Switchyard role, least privilege.
+
+RabbitMQ grants three regular expressions per user and vhost: ``configure``
+(declare and delete), ``write`` (publish to an exchange; bind a queue) and
+``read`` (consume from or purge a queue; bind from an exchange). The grants
+below are derived from the topology's names, so a new lane gets its worker
+user with the next ``python -m routing definitions``.
+
+What each role really does on the broker, and so needs:
+
+* publishers (``web``, ``dispatcher``, ``beat``) publish task messages to
+  ``tasks``. Celery re-declares the route's lane queue and its binding on the
+  first publish of each connection (idempotent, same arguments), which needs
+  ``configure`` on the lane queues and ``read`` on ``tasks``; they can read
+  (consume, purge) no queue at all. ``task-sent`` events go to ``celeryev``.
+* the worker of lane L consumes only queue L. It also publishes follow-up
+  jobs (``link``) to ``tasks``, dead-letters undecodable messages to
+  ``tasks.dlx``, sends events, and answers control commands (``drain``, the
+  health check's ping) through its own ``L@<host>.celery.pidbox`` queue.
+* ``flower`` reads events through its own ``celeryev.<id>`` queue, sends
+  control commands and reads queue lengths from the management API.
+* ``operator`` runs ``python -m routing``, ``manage.py dlq`` and ``manage.py
+  drain``: everything on the vhost, plus the management API. No node-wide
+  administration: that stays with ``rabbitmqctl`` on the broker's hosts.
+* ``keda`` reads queue depths from the management API and can touch no
+  message (empty grants).
+
+Celery's own names (``celeryev``, ``celery.pidbox``, ``reply.celery.pidbox``)
+are fixed by Celery and kombu, not by Switchyard.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from . import topology
+
+#: Celery's event exchange (task-sent, task-started, worker heartbeats).
+EVENT_EXCHANGE = "celeryev"
+#: Celery's control (broadcast) and reply exchanges, from kombu's pidbox.
+CONTROL_EXCHANGE = "celery.pidbox"
+REPLY_EXCHANGE = "reply.celery.pidbox"
+#: The algorithm RabbitMQ 3.6+ and 4.x use by default for stored passwords.
+HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
+#: Values of ``.env.example`` that must never reach a broker.
+PLACEHOLDER_PREFIX = "change-me"
+MIN_PASSWORD_LENGTH = 16
+USER_PREFIX = "switchyard-"
+
+
+def _exactly(*names: str) -> str:
+    """A regex matching exactly these names (and nothing longer)."""
+    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+def _either(*patterns: str) -> str:
+    return "^(" + "|".join(patterns) + ")$"
+
+
+#: ``<oid>.reply.celery.pidbox``: the queue a control command's replies come back on.
+REPLY_QUEUES = r"[^.]+\.reply\.celery\.pidbox"
+#: ``celeryev.<uuid>``: an event receiver's queue (Flower).
+EVENT_QUEUES = r"celeryev\.[^.]+"
+
+
+def _pidbox_queues(lane: str) -> str:
+    """``<lane>@<host>.celery.pidbox``: the control queue of a worker of ``lane``
+    (workers are named ``<lane>@%h`` by ``deploy/bin/worker``)."""
+    return re.escape(lane) + r"@.+\.celery\.pidbox"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One role's user and what it may do on the vhost."""
+
+    role: str
+    description: str
+    configure: str
+    write: str
+    read: str
+    tags: tuple[str, ...] = ()
+
+    @property
+    def user(self) -> str:
+        return USER_PREFIX + self.role
+
+    @property
+    def password_variable(self) -> str:
+        """The environment variable holding this user's password at deploy time."""
+        return "SWITCHYARD_RABBITMQ_PASSWORD_" + self.role.upper().replace("-", "_")
+
+
+def _lane_queues() -> list[str]:
+    return [ln.queue for ln in topology.LANES]
+
+
+def publisher_grant(role: str, description: str) -> Grant:
+    lanes = _lane_queues()
+    return Grant(
+        role=role,
+        description=description,
+        configure=_exactly(topology.EXCHANGE_NAME, *lanes, EVENT_EXCHANGE),
+        write=_exactly(topology.EXCHANGE_NAME, *lanes, EVENT_EXCHANGE),
+        read=_exactly(topology.EXCHANGE_NAME),
+    )
+
+
+def worker_grant(lane: topology.Lane) -> Grant:
+    lanes = _lane_queues()
+    celery = [re.escape(n) for n in (EVENT_EXCHANGE, CONTROL_EXCHANGE, REPLY_EXCHANGE)]
+    own = [_pidbox_queues(lane.name), REPLY_QUEUES]
+    return Grant(
+        role=f"worker-{lane.name}",
+        description=f"the {lane.name} lane's workers: consume queue {lane.queue!r} only",
+        configure=_either(re.escape(topology.EXCHANGE_NAME), *map(re.escape, lanes),
+                          *celery, *own),
+        write=_either(re.escape(topology.EXCHANGE_NAME), re.escape(topology.DLX_NAME),
+                      *map(re.escape, lanes), *celery, *own),
+        read=_either(re.escape(lane.queue), re.escape(topology.EXCHANGE_NAME),
+                     re.escape(CONTROL_EXCHANGE), re.escape(REPLY_EXCHANGE), *own),
+    )
+
+
+def grants() -> list[Grant]:
+    """Every role's grant, in a stable order (publishers, workers per lane, the rest)."""
+    found = [
+        publisher_grant("web", "the web and API: publishes task messages to 'tasks'"),
+        publisher_grant("dispatcher", "the dispatcher: publishes due and lost jobs to 'tasks'"),
+        publisher_grant("beat", "celery beat: publishes the periodic jobs to 'tasks'"),
+    ]
+    found += [worker_grant(ln) for ln in topology.LANES]
+    celery = [re.escape(n) for n in (EVENT_EXCHANGE, CONTROL_EXCHANGE, REPLY_EXCHANGE)]
+    found += [
+        Grant(
+            role="flower",
+            description="Flower: reads events, sends control commands, reads queue lengths",
+            configure=_either(*celery, EVENT_QUEUES, REPLY_QUEUES),
+            write=_either(re.escape(CONTROL_EXCHANGE), EVENT_QUEUES, REPLY_QUEUES),
+            read=_either(re.escape(EVENT_EXCHANGE), re.escape(REPLY_EXCHANGE), EVENT_QUEUES,
+                         REPLY_QUEUES),
+            tags=("management",),
+        ),
+        Grant(
+            role="operator",
+            description="operators: python -m routing, manage.py dlq and drain, the "
+            "management UI of this vhost",
+            configure=".*", write=".*", read=".*",
+            tags=("management",),
+        ),
+        Grant(
+            role="keda",
+            description="KEDA's rabbitmq scaler: reads queue depths, touches no message",
+            configure="", write="", read="",
+            tags=("management",),
+        ),
+    ]
+    return found
+
+
+def grant(role: str) -> Grant:
+    """The grant of ``role``; ``KeyError`` names the roles."""
+    by_role = {g.role: g for g in grants()}
+    try:
+        return by_role[role]
+    except KeyError:
+        raise KeyError(f"unknown role {role!r}; roles: {', '.join(by_role)}") from None
+
+
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's ``rabbit_password_hashing_sha256``: base64(salt + sha256(salt + password)),
+    with a 4-byte salt. What ``password_hash`` holds in definitions."""
+    salt = os.urandom(4) if salt is None else salt
+    digest = hashlib.sha256(salt + password.encode("utf-8")).digest()
+    return base64.b64encode(salt + digest).decode("ascii")
+
+
+class MissingPasswords(ValueError):
+    """Some role has no usable password in the environment."""
+
+
+def passwords_from_env(environ: Mapping[str, str] | None = None,
+                       roles: Iterable[Grant] | None = None) -> dict[str, str]:
+    """``{user: password}`` for every role, from ``SWITCHYARD_RABBITMQ_PASSWORD_<ROLE>``.
+
+    Refuses (``MissingPasswords``, naming every bad variable) an unset value,
+    the placeholder of ``.env.example``, or one shorter than 16 characters:
+    a broker must never boot with a guessable login.
+    """
+    environ = os.environ if environ is None else environ
+    found: dict[str, str] = {}
+    problems = []
+    for g in roles if roles is not None else grants():
+        value = environ.get(g.password_variable, "")
+        if not value:
+            problems.append(f"{g.password_variable} is not set")
+        elif value.startswith(PLACEHOLDER_PREFIX):
+            problems.append(f"{g.password_variable} is still the placeholder {value!r}")
+        elif len(value) < MIN_PASSWORD_LENGTH:
+            problems.append(f"{g.password_variable} is shorter than {MIN_PASSWORD_LENGTH} "
+                            "characters")
+        else:
+            found[g.user] = value
+    if problems:
+        raise MissingPasswords("; ".join(problems))
+    return found

@@ -1,0 +1,189 @@
+"""Flower's Queues page and the dashboard, in a real headless Chromium, while a load runs.
+
+Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them), driven by
+Selenium; nothing is downloaded. Missing browser: a skip on a laptop, a failure
+under ``CI=true``. Screenshots go to ``var/screenshots/``.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from django.contrib.auth.models import User
+from django.db import connection
+
+from jobs.bulk import BulkJob, job_submit_bulk
+from tenants.models import Tenant
+from tests.conftest import IN_CI
+from tests.processes import wait_until
+from tests.test_api_e2e import _http
+from tests.test_lanes import start_lane
+from tests.test_platform import free_port, http_status
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers]
+
+REPO = Path(__file__).resolve().parents[1]
+SCREENSHOTS = REPO / "var" / "screenshots"
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run")
+
+
+def _find(*names: str) -> str | None:
+    for name in names:
+        found = shutil.which(name) or (name if Path(name).is_file() else None)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture
+def browser(tmp_path):
+    chromium = _find("/usr/bin/chromium", "chromium")
+    driver_path = _find("/usr/bin/chromedriver", "chromedriver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError as exc:  # pragma: no cover - requirements-dev.txt pins it
+        chromium, missing = None, str(exc)
+    else:
+        missing = "apt-get install -y chromium chromium-driver"
+    if not (chromium and driver_path):
+        if IN_CI:
+            pytest.fail(f"browser tests need Chromium and ChromeDriver under CI=true ({missing})")
+        pytest.skip(f"no Chromium/ChromeDriver here ({missing})")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                 "--window-size=1500,1100"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    driver.set_page_load_timeout(30)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+class Load:
+    """Premium quick jobs and standard slow jobs submitted steadily until stopped."""
+
+    def __init__(self) -> None:
+        self.premium = Tenant.objects.create(name="load-premium", tier="premium",
+                                             submissions_per_minute=1_000_000)
+        self.standard = Tenant.objects.create(name="load-standard", tier="standard",
+                                              submissions_per_minute=1_000_000)
+        self.stop = threading.Event()
+        self.submitted = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                quick = [BulkJob(task="demo.quick_task", params={"x": i}) for i in range(20)]
+                slow = [BulkJob(task="demo.slow_task", params={"seconds": 0.05})] * 2
+                self.submitted += job_submit_bulk(tenant=self.premium, jobs=quick).accepted
+                self.submitted += job_submit_bulk(tenant=self.standard, jobs=slow).accepted
+                self.stop.wait(0.5)
+        finally:
+            connection.close()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+
+
+def _number(driver, selector: str) -> float:
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.CSS_SELECTOR, selector)
+    try:
+        return float(found[0].text) if found else 0.0
+    except ValueError:
+        return 0.0
+
+
+def test_flower_and_dashboard_show_per_queue_throughput_under_load(
+        browser, start_role, management, tmp_path, monkeypatch):
+    from selenium.webdriver.common.by import By
+
+    monkeypatch.setenv("SWITCHYARD_METRICS_DIR", str(tmp_path / "metrics"))
+    # The web serves collected static files (whitenoise), as after `make run`'s collectstatic.
+    var_dir = tmp_path / "var"
+    subprocess.run([sys.executable, str(REPO / "platform" / "manage.py"), "collectstatic",
+                    "--noinput", "--verbosity", "0"], check=True, timeout=120,
+                   env={**os.environ, "SWITCHYARD_VAR_DIR": str(var_dir),
+                        "DJANGO_SETTINGS_MODULE": "switchyard.settings.base"})
+    web_port, flower_port = free_port(), free_port()
+    flower_auth = "ops:flower-pw-for-this-test"
+    roles = [
+        start_role("web", WEB_BIND=f"127.0.0.1:{web_port}", WEB_WORKERS="2",
+                   SWITCHYARD_VAR_DIR=str(var_dir)),
+        start_role("flower", FLOWER_PORT=str(flower_port), FLOWER_BASIC_AUTH=flower_auth),
+        start_lane(start_role, management, "quick", 2),
+        start_lane(start_role, management, "slow", 1),
+    ]
+    web = f"http://127.0.0.1:{web_port}"
+    flower = f"http://127.0.0.1:{flower_port}"
+    wait_until(lambda: _http(f"{web}/healthz") == 200, 60, "web", roles=roles)
+    wait_until(lambda: http_status(f"{flower}/queues") == 401, 60, "Flower", roles=roles)
+    assert http_status(f"{flower}/api/switchyard/queues", "ops:wrong") == 401
+    assert http_status(f"{flower}/api/switchyard/queues", flower_auth) == 200
+    # Hashed as the web's own settings do (the test settings use a faster hasher).
+    User.objects.create(username="ops", is_staff=True,
+                        password=PBKDF2PasswordHasher().encode("dashboard-pw", "saltsalt1234"))
+
+    with Load() as load:
+        # Flower: log in (basic auth, sent on every request as a browser does once the
+        # login prompt was answered), find the Queues tab on Flower's own Workers page.
+        browser.execute_cdp_cmd("Network.enable", {})
+        token = base64.b64encode(flower_auth.encode()).decode()
+        browser.execute_cdp_cmd("Network.setExtraHTTPHeaders",
+                                {"headers": {"Authorization": f"Basic {token}"}})
+        browser.get(f"{flower}/workers")
+        browser.find_element(By.ID, "switchyard-queues-tab").click()
+        wait_until(lambda: "/queues" in browser.current_url, 10, "the Queues page")
+        # The page refreshes itself every 5 s: wait until the loaded lane shows throughput.
+        wait_until(lambda: _number(browser, "#sy-tp-quick-premium") > 0, 60,
+                   "Flower to show quick/premium throughput above 0", roles=roles,
+                   interval=0.5)
+        wait_until(lambda: browser.find_element(By.ID, "sy-status").text.startswith("Updated"),
+                   15, "a refresh of Flower's Queues page")
+        quick_rate = _number(browser, "#sy-tp-quick-premium")
+        assert quick_rate > 0
+        assert browser.find_element(
+            By.CSS_SELECTOR, '#sy-row-quick-premium [data-lane-field="consumers"]').text == "1"
+        browser.save_screenshot(str(SCREENSHOTS / "flower-queues.png"))
+
+        # The dashboard: log in through the admin's form, as staff.
+        browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {}})
+        browser.get(f"{web}/admin/login/?next=/dashboard/")
+        browser.find_element(By.ID, "id_username").send_keys("ops")
+        browser.find_element(By.ID, "id_password").send_keys("dashboard-pw")
+        browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+        wait_until(lambda: browser.current_url.endswith("/dashboard/"), 15, "the dashboard")
+        wait_until(lambda: _number(browser, "#tp-quick-premium") > 0, 60,
+                   "the dashboard to show quick/premium throughput above 0", roles=roles,
+                   interval=0.5)
+        # Charts are drawn, and refreshed (the wait chart builds from successive polls).
+        wait_until(lambda: browser.find_elements(
+            By.CSS_SELECTOR, '#chart-throughput path[data-series="quick/premium"]'), 15,
+            "the throughput chart")
+        wait_until(lambda: len(browser.execute_script(
+            "return document.querySelector('#chart-wait path')"
+            " ? document.querySelector('#chart-wait path').getAttribute('d') : ''"
+        ).split("L")) >= 2, 30, "two refreshes on the wait chart", interval=0.5)
+        assert _number(browser, "#tp-quick-premium") > 0
+        browser.save_screenshot(str(SCREENSHOTS / "dashboard.png"))
+    assert load.submitted > 0
+    for role in roles:
+        role.assert_running()
