@@ -6,6 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 export PYTHONPATH := $(CURDIR)/platform:$(CURDIR)
+# Tests and benchmarks run on the local PostgreSQL (as CI does) unless told otherwise.
+LOCAL_POSTGRES := postgres://postgres@127.0.0.1:5432/switchyard
+test bench bench-quick bench-api bench-media bench-metrics: export DATABASE_URL ?= $(LOCAL_POSTGRES)
 
 .PHONY: help setup run test lint broker-check topology verify migrate demo docs clean bench \
 	bench-quick bench-api bench-metrics bench-media

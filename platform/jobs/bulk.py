@@ -27,6 +27,7 @@ publish (``deferred``). No job is reported published before its confirm.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import json
 import logging
@@ -42,6 +43,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+import routing.celery_config as routing_celery
 from jobs.models import Job, PendingConfirm
 from jobs.services import (
     LINK_HEADER,
@@ -57,8 +59,8 @@ from jobs.services import (
     task_lane,
 )
 from jobs.signals import job_event_send, timing_headers
-from routing import priorities, wire
-from switchyard.celery import app
+from routing import priorities, topology, wire
+from switchyard.celery import SwitchyardTask, app
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -127,7 +129,8 @@ class _Template:
         app.send_task(job.task, kwargs={}, task_id=str(job.id), priority=job.priority,
                       headers={"tenant": job.tenant_name, "tier": job.tier,
                                PUBLICATION_HEADER: 1, **timing_headers(job)},
-                      producer=capture)
+                      producer=capture,
+                      **routing_celery.route_for(job.task, job.lane, job.tier))
         (_, sent), = capture.published
         headers = {k: v for k, v in sent["headers"].items() if k not in _VARIABLE_HEADERS}
         return cls(exchange=sent["exchange"], routing_key=sent["routing_key"],
@@ -192,35 +195,76 @@ class _Rows:
         self.tier = priorities.tier(tenant.tier) if tenant else priorities.DEFAULT_TIER
         self.columns = list(Job._meta.concrete_fields)
         self.index_of = {f.attname: i for i, f in enumerate(self.columns)}
-        self.templates: dict[str, tuple[list[Any], _Template]] = {}
+        self.templates: dict[tuple[str, str], tuple[list[Any], _Template, Job]] = {}
+        self.picks_lane: dict[str, bool] = {}
 
-    def template(self, task: str) -> tuple[list[Any], _Template]:
-        cached = self.templates.get(task)
+    def lane(self, item: BulkJob) -> str:
+        """The item's lane: the task's own, unless the task picks it from its
+        params (``SwitchyardTask.lane_for``, e.g. media by file size)."""
+        task = app.tasks[item.task]
+        picks = self.picks_lane.get(item.task)
+        if picks is None:
+            picks = self.picks_lane[item.task] = (
+                type(task).lane_for is not SwitchyardTask.lane_for)
+        return task.lane_for(item.params, tenant=self.tenant) if picks else task.lane
+
+    def template(self, task: str, lane: str) -> tuple[list[Any], _Template, Job]:
+        cached = self.templates.get((task, lane))
         if cached is None:
             job = new_job(tenant=self.tenant, task=task, params={}, priority=None, now=self.now)
+            job.lane = topology.lane(lane).name
+            job.routing_key = topology.routing_key(job.lane, job.tier, task)
             row = [f.get_db_prep_save(f.pre_save(job, add=True), connection)
                    for f in self.columns]
-            cached = self.templates[task] = (row, _Template.build(job))
+            cached = self.templates[(task, lane)] = (row, _Template.build(job), job)
         return cached
 
     def build(self, job_id: uuid.UUID, item: BulkJob, run_at, expires_at):
-        """``(row, message)``; no message for a job scheduled for later."""
-        template_row, template = self.template(item.task)
-        row = list(template_row)
-        values = {"id": job_id, "params": json.dumps(item.params),
+        """``(values, message, template job)``: the job's own field values (the
+        rest is the template's); no message for a job scheduled for later."""
+        _, template, job = self.template(item.task, self.lane(item))
+        values = {"id": job_id, "params": item.params,
                   "priority": self.tier.place(item.options.priority), "run_at": run_at,
-                  "expires_at": expires_at}
-        for name, value in run_option_values(item.options).items():
-            values[name] = value if value is None or name == "max_attempts" else json.dumps(value)
+                  "expires_at": expires_at, **run_option_values(item.options)}
         message = None
         if run_at is None:
             values["published_at"], values["publications"] = self.now, 1
             message = template.message(job_id=str(job_id), params=item.params,
                                        priority=values["priority"], expires_at=expires_at,
                                        link=item.options.link is not None)
+        return values, message, job
+
+    def copy_row(self, values: dict[str, Any], job: Job) -> list[Any]:
+        """A row for PostgreSQL's COPY: the template's, with this job's values."""
+        row = list(self.templates[(job.task, job.lane)][0])
         for name, value in values.items():
+            if name in _JSON_FIELDS and value is not None:
+                value = json.dumps(value)
             row[self.index_of[name]] = value
-        return row, message
+        return row
+
+    def instance(self, values: dict[str, Any], job: Job) -> Job:
+        new = copy.copy(job)
+        new._state = copy.copy(job._state)
+        for name, value in values.items():
+            setattr(new, name, value)
+        return new
+
+
+_JSON_FIELDS = {"params", "retry_policy", "link", "link_error"}
+
+
+def _write(rows: _Rows, built: list) -> None:
+    """Insert a chunk: one COPY on PostgreSQL (the platform's database), a bulk
+    INSERT elsewhere (SQLite for a quick try-out)."""
+    if connection.vendor != "postgresql":
+        Job.objects.bulk_create([rows.instance(values, job) for values, _, job in built])
+        return
+    names = ", ".join(f.column for f in rows.columns)
+    with connection.cursor() as cursor, cursor.connection.cursor().copy(
+            f"COPY {Job._meta.db_table} ({names}) FROM STDIN") as copy_in:
+        for values, _, job in built:
+            copy_in.write_row(rows.copy_row(values, job))
 
 
 #: Jobs written and committed per transaction; each committed chunk is
@@ -253,7 +297,6 @@ def job_submit_bulk(*, tenant: Tenant | None, jobs: Sequence[BulkJob],
     if tenant is not None and enforce_quotas:
         check_quotas(tenant, now, adding=len(jobs), submissions=len(jobs))
     rows = _Rows(tenant, now)
-    names = ", ".join(f.column for f in rows.columns)
     feed: queue.Queue = queue.Queue()
     publishing = _Publishing(feed, deadline)
     publishing.start()
@@ -264,12 +307,9 @@ def job_submit_bulk(*, tenant: Tenant | None, jobs: Sequence[BulkJob],
         for start in range(0, len(jobs), chunk):
             built = [rows.build(ids[p], jobs[p], *schedules[p])
                      for p in range(start, min(start + chunk, len(jobs)))]
-            messages = [message for _, message in built if message is not None]
+            messages = [message for _, message, _ in built if message is not None]
             with transaction.atomic():
-                with connection.cursor() as cursor, cursor.connection.cursor().copy(
-                        f"COPY {Job._meta.db_table} ({names}) FROM STDIN") as copy:
-                    for row, _ in built:
-                        copy.write_row(row)
+                _write(rows, built)
                 if messages:
                     pending.append(PendingConfirm.objects.create(
                         created_at=now, job_ids=[m.key for m in messages]).id)
