@@ -98,3 +98,10 @@ def start_role(transactional_db, lanes_empty, tmp_path):
     yield start
     for role in reversed(started):
         role.stop()
+
+
+@pytest.fixture(autouse=True)
+def _production_quota_counts(settings):
+    """Submissions made in the benchmark's own process count quotas as production
+    does (the test settings re-read them on every submission)."""
+    settings.SWITCHYARD_QUOTA_COUNT_TTL = 1.0

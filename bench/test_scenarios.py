@@ -16,14 +16,16 @@ import uuid
 import pika
 import pytest
 from django.db.models import Max, Min
+from django.utils import timezone
 from kombu import Connection
 
 from bench import harness
 from bench.harness import distribution, median, percentile, record, scale
 from bench.plain_celery import timings
-from jobs.bulk import BulkJob, job_submit_bulk
+from jobs.bulk import BulkJob, _Rows, job_submit_bulk
 from jobs.models import Job
 from jobs.services import job_submit
+from routing import wire
 from tenants.models import Tenant
 from tenants.services import tenant_create
 from tests.test_api_e2e import _http
@@ -228,6 +230,17 @@ def test_s3_submitting_jobs_with_publisher_confirms(start_role, management, plai
         f"{outcome.published} confirmed, {outcome.deferred} left to the dispatcher")
     _purge(lanes_empty, "quick")
 
+    # The same messages through the same publisher with nothing recorded: what
+    # the broker itself takes, persistent and confirmed, on this machine.
+    rows = _Rows(tenant, timezone.now())
+    messages = [rows.build(uuid.uuid4(), BulkJob("demo.quick_task", {"x": i}), None, None)[1]
+                for i in range(total)]
+    started = time.perf_counter()
+    with wire.ConfirmingPublisher.from_url(lanes_empty) as publisher:
+        alone = publisher.publish(messages, deadline=300)
+    publisher_rate = len(alone.confirmed) / (time.perf_counter() - started)
+    _purge(lanes_empty, "quick")
+
     tenant_key = tenant_create(name="s3-api", tier="standard")
     Tenant.objects.filter(id=tenant_key[0].id).update(max_queued_jobs=10_000_000,
                                                       submissions_per_minute=10_000_000)
@@ -280,6 +293,9 @@ def test_s3_submitting_jobs_with_publisher_confirms(start_role, management, plai
     record("S3", f"bulk submit, HTTP {size:,}/request", api_rate, celery_rate, "jobs/s",
            target=">= 10,000/s", passed=api_rate >= 10_000,
            note=f"{confirmed:,} of {total:,} confirmed before the answers")
+    record("S3", "publisher alone: persistent, confirmed, no record", publisher_rate, None,
+           "msg/s", note="the broker's own ceiling for this path: the bulk path's messages "
+                         "and publisher, nothing written to PostgreSQL")
     record("S3", "ceiling: raw pika, no confirms, no record", None, pika_rate, "msg/s",
            note="baseline column: what the client library alone reaches")
     harness.WEB_RSS_MB = web_rss

@@ -268,3 +268,20 @@ def test_the_wire_encoding_reads_back_through_amqp(lanes_empty):
     assert decoded[0] == table
     with pytest.raises(wire.WireError):
         wire.encode_value(object())
+
+
+def test_reused_quota_counts_still_count_this_process_s_own_submissions(transactional_db,
+                                                                          settings):
+    # Counts are reused for SWITCHYARD_QUOTA_COUNT_TTL, plus what this process added
+    from jobs.services import _quota_cache, check_quotas
+    settings.SWITCHYARD_QUOTA_COUNT_TTL = 60
+    tenant = Tenant.objects.create(name="ttl", tier="standard", max_queued_jobs=5,
+                                   submissions_per_minute=100)
+    _quota_cache.pop(tenant.id, None)
+    now = timezone.now()
+    check_quotas(tenant, now, adding=3, submissions=3)  # read from the database: 0 waiting
+    with pytest.raises(QuotaExceeded, match="3 jobs are waiting and this adds 3"):
+        check_quotas(tenant, now, adding=3, submissions=3)
+    check_quotas(tenant, now, adding=2, submissions=2)  # exactly at the quota
+    with pytest.raises(QuotaExceeded):
+        check_quotas(tenant, now, adding=1)

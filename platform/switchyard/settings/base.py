@@ -128,6 +128,9 @@ SWITCHYARD_MAX_BODY_BYTES = env_int("SWITCHYARD_MAX_BODY_BYTES", 1024 * 1024)
 SWITCHYARD_MAX_BATCH_BODY_BYTES = env_int("SWITCHYARD_MAX_BATCH_BODY_BYTES", 64 * 1024 * 1024)
 SWITCHYARD_MAX_BATCH_ITEMS = env_int("SWITCHYARD_MAX_BATCH_ITEMS", 100_000)
 SWITCHYARD_MAX_BULK_JOBS = env_int("SWITCHYARD_MAX_BULK_JOBS", 10_000)
+# Seconds a tenant's quota counts are reused by a process before they are read
+# again (each read scans the tenant's waiting jobs); 0 reads them every time.
+SWITCHYARD_QUOTA_COUNT_TTL = float(os.environ.get("SWITCHYARD_QUOTA_COUNT_TTL") or 1.0)
 # Django's own backstop (a body without Content-Length); the middleware is stricter.
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(SWITCHYARD_MAX_BODY_BYTES, SWITCHYARD_MAX_BATCH_BODY_BYTES)
 

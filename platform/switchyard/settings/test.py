@@ -36,3 +36,6 @@ os.environ["SWITCHYARD_MEDIA_ROOT"] = str(SWITCHYARD_MEDIA_ROOT)
 os.environ["SWITCHYARD_MEDIA_IMPORT_ROOT"] = str(SWITCHYARD_MEDIA_IMPORT_ROOT)
 STORAGES["media"]["OPTIONS"] = {"location": str(SWITCHYARD_MEDIA_ROOT),  # noqa: F405
                                 "allow_overwrite": True}
+
+# Quota tests write jobs behind the service's back and expect exact counts.
+SWITCHYARD_QUOTA_COUNT_TTL = 0.0
