@@ -11,7 +11,7 @@ from kombu import Connection
 
 from bench import harness
 from tests.conftest import *  # noqa: F403
-from tests.processes import role_env
+from tests.processes import Role, role_env
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def plain_worker(lanes_empty, tmp_path):
     """
     from bench.plain_celery import make_app
 
-    started: list[tuple[harness.Proc, str]] = []
+    started: list[tuple[Role | None, str]] = []
 
     def start(*, concurrency: int = 2, priority: bool = False, acks_late: bool = False,
               prefetch: int = 4, queue: str = "plain", events: bool = False,
@@ -44,7 +44,7 @@ def plain_worker(lanes_empty, tmp_path):
                     "--without-mingle", "--without-gossip", "-n", f"{queue}@%h"]
             if events:
                 argv.append("-E")
-            proc = harness.Proc(f"plain-{queue}-{len(started)}", argv, env, tmp_path)
+            proc = Role(f"plain-{queue}-{len(started)}", [], env, tmp_path, command=argv)
             started.append((proc, queue))
         else:
             started.append((None, queue))
@@ -62,15 +62,6 @@ def plain_worker(lanes_empty, tmp_path):
                 pass
 
 
-def queue_depth(management, vhost: str, queue: str) -> tuple[int, int, int]:
-    """``(ready, unacked, consumers)`` from the management API (a few seconds stale)."""
-    info = management.queue(vhost, queue) if hasattr(management, "queue") else None
-    if info is None:
-        return (0, 0, 0)
-    return (info.get("messages_ready", 0), info.get("messages_unacknowledged", 0),
-            info.get("consumers", 0))
-
-
 def pytest_sessionfinish(session, exitstatus):
     harness.report()
 
@@ -80,24 +71,11 @@ def pytest_configure(config):
 
 
 @pytest.fixture
-def start_role(transactional_db, lanes_empty, tmp_path):
-    """As the tests' ``start_role``, with production's database connection reuse
-    (the tests close connections after each task so a test database can be dropped
-    at once; a benchmark measures what production runs)."""
-    from tests.processes import Role
-
-    started: list = []
-
-    def start(script: str, *args: str, name: str | None = None, **env: str):
-        env.setdefault("DATABASE_CONN_MAX_AGE", "60")
-        role = Role(name or "-".join((script, *args)), [script, *args],
-                    role_env(lanes_empty, **env), tmp_path)
-        started.append(role)
-        return role
-
-    yield start
-    for role in reversed(started):
-        role.stop()
+def role_env_defaults() -> dict[str, str]:
+    """Production's database connection reuse for every role (the tests close
+    connections after each task so a test database can be dropped at once; a
+    benchmark measures what production runs)."""
+    return {"DATABASE_CONN_MAX_AGE": "60"}
 
 
 @pytest.fixture(autouse=True)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import os
 import platform as stdlib_platform
-import signal
 import statistics
 import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.processes import REPO, Role, wait_until
+
 OUT = Path(os.environ.get("BENCH_OUT") or REPO / "var" / "bench")
 QUICK = os.environ.get("BENCH_QUICK", "") == "1"
 
@@ -167,58 +167,22 @@ def _chart() -> None:
     plt.close(fig)
 
 
-class Proc:
-    """A process of the benchmark (a role script or a plain Celery worker),
-    in its own process group, output to a log file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, cwd=REPO)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def assert_running(self) -> None:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
-
-    def peak_rss_mb(self) -> float:
-        """Peak resident memory (VmHWM) summed over the process group, in MB."""
-        total = 0
-        for status in Path("/proc").glob("[0-9]*/status"):
-            try:
-                pid = int(status.parent.name)
-                if os.getpgid(pid) != self.proc.pid:
-                    continue
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        total += int(line.split()[1])
-            except (OSError, ValueError):
+def peak_rss_mb(role: Role) -> float:
+    """Peak resident memory (VmHWM) of a started role, summed over its process
+    group (a worker's main process and its pool children), in MB."""
+    total = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            if os.getpgid(int(status.parent.name)) != role.proc.pid:
                 continue
-        return total / 1024
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._log.close()
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return total / 1024
 
 
 def wait_for(predicate, timeout: float, what: str, procs=(), interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        for proc in procs:
-            proc.assert_running()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    """``tests.processes.wait_until`` with the processes to watch as a positional."""
+    return wait_until(predicate, timeout, what, interval=interval, roles=list(procs))

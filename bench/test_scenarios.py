@@ -39,10 +39,12 @@ QUICK_CONCURRENCY = 2
 
 
 def _tenant(name: str, tier: str) -> Tenant:
-    tenant, _ = tenant_create(name=name, tier=tier)
+    """A tenant whose quotas never get in a benchmark's way; ``.key`` is its API token."""
+    tenant, key = tenant_create(name=name, tier=tier)
     Tenant.objects.filter(id=tenant.id).update(max_queued_jobs=10_000_000,
                                                submissions_per_minute=10_000_000)
     tenant.refresh_from_db()
+    tenant.key = key
     return tenant
 
 
@@ -241,12 +243,10 @@ def test_s3_submitting_jobs_with_publisher_confirms(start_role, management, plai
     publisher_rate = len(alone.confirmed) / (time.perf_counter() - started)
     _purge(lanes_empty, "quick")
 
-    tenant_key = tenant_create(name="s3-api", tier="standard")
-    Tenant.objects.filter(id=tenant_key[0].id).update(max_queued_jobs=10_000_000,
-                                                      submissions_per_minute=10_000_000)
+    api_key = _tenant("s3-api", "standard").key
     web, port = _web(start_role)
     _post(port, "/api/v1/jobs/bulk", json.dumps({"jobs": [{"task": "demo.quick_task"}]}).encode(),
-          tenant_key[1])
+          api_key)
     size = min(per_request, total)
     bodies = [json.dumps({"jobs": [{"task": "demo.quick_task", "params": {"x": i}}
                                    for i in range(start, min(start + size, total))]}).encode()
@@ -254,11 +254,11 @@ def test_s3_submitting_jobs_with_publisher_confirms(start_role, management, plai
     confirmed = 0
     started = time.perf_counter()
     for body in bodies:
-        code, payload, _ = _post(port, "/api/v1/jobs/bulk", body, tenant_key[1])
+        code, payload, _ = _post(port, "/api/v1/jobs/bulk", body, api_key)
         assert code == 202, payload
         confirmed += payload["published"]
     api_rate = total / (time.perf_counter() - started)
-    web_rss = _rss_of(web)
+    web_rss = harness.peak_rss_mb(web)
     web.stop()
     _purge(lanes_empty, "quick")
 
@@ -301,12 +301,6 @@ def test_s3_submitting_jobs_with_publisher_confirms(start_role, management, plai
     harness.WEB_RSS_MB = web_rss
 
 
-def _rss_of(role) -> float:
-    proc = harness.Proc.__new__(harness.Proc)
-    proc.proc = role.proc
-    return harness.Proc.peak_rss_mb(proc)
-
-
 # S4 and S5 ----------------------------------------------------------------------
 
 def _drain_rate(conn: Connection, queue: str, total: int, timeout: float, procs) -> float:
@@ -344,8 +338,8 @@ def test_s4_s5_worker_overhead_and_memory(start_role, management, plain_worker, 
         a=Min("started_at"), b=Max("finished_at"))
     recorded_rate = total / (span["b"] - span["a"]).total_seconds()
     time.sleep(3)  # let both Flowers take in the last events
-    worker_rss, flower_rss = _rss_of(worker), _rss_of(flower)
-    default_rss = _rss_of(default_flower)
+    worker_rss, flower_rss = harness.peak_rss_mb(worker), harness.peak_rss_mb(flower)
+    default_rss = harness.peak_rss_mb(default_flower)
     worker.stop()
 
     proc, app, _ = plain_worker(concurrency=QUICK_CONCURRENCY, acks_late=True, prefetch=1,
@@ -357,7 +351,7 @@ def test_s4_s5_worker_overhead_and_memory(start_role, management, plain_worker, 
                               queue="plain-s4")
     with Connection(lanes_empty) as conn:
         theirs = _drain_rate(conn, "plain-s4", total, 900, [proc])
-    plain_rss = _rss_of(proc)
+    plain_rss = harness.peak_rss_mb(proc)
 
     record("S4", "no-op jobs drained, 1 worker x2", ours, theirs, "jobs/s",
            target=">= 0.8x baseline", passed=ours >= 0.8 * theirs,
@@ -379,9 +373,7 @@ def test_s4_s5_worker_overhead_and_memory(start_role, management, plain_worker, 
 def test_s6_a_batch_accepted_and_completed_in_chunks(start_role, management, plain_worker,
                                                      lanes_empty):
     items, baseline_n = scale(100_000, 2_000), scale(20_000, 1_000)
-    tenant, key = tenant_create(name="s6", tier="premium")
-    Tenant.objects.filter(id=tenant.id).update(max_queued_jobs=10_000_000,
-                                               submissions_per_minute=10_000_000)
+    key = _tenant("s6", "premium").key
     web, port = _web(start_role)
     body = json.dumps({"task": "demo.checksum", "items": [
         {"data": f"s3://media/uploads/2026/11/{i:08d}.jpg"} for i in range(items)]}).encode()

@@ -152,10 +152,6 @@ class PublishReport:
     unconfirmed: list = field(default_factory=list)  # no answer before the deadline
     error: str = ""
 
-    @property
-    def sent(self) -> int:
-        return len(self.confirmed) + len(self.nacked) + len(self.returned) + len(self.unconfirmed)
-
 
 class ConfirmingPublisher:
     """Publishes over its own connection and channel in confirm mode.
@@ -221,7 +217,7 @@ class ConfirmingPublisher:
         if nack:
             first = self._answered + 1 if multiple else tag
             self._nacked_tags.update(t for t in range(first, tag + 1)
-                                     if multiple is False or t not in self._pending_single)
+                                     if not multiple or t not in self._pending_single)
         if multiple:
             self._answered = max(self._answered, tag)
         else:

@@ -86,7 +86,13 @@ def lanes_empty(topology_applied: str):
 
 
 @pytest.fixture
-def start_role(transactional_db, lanes_empty, tmp_path):
+def role_env_defaults() -> dict[str, str]:
+    """Environment every started role gets unless the call says otherwise."""
+    return {}
+
+
+@pytest.fixture
+def start_role(transactional_db, lanes_empty, tmp_path, role_env_defaults):
     """Start role scripts (``start_role("worker", "slow")``); all are stopped after the test."""
     from tests.processes import Role, role_env
 
@@ -94,7 +100,7 @@ def start_role(transactional_db, lanes_empty, tmp_path):
 
     def start(script: str, *args: str, name: str | None = None, **env: str):
         role = Role(name or "-".join((script, *args)), [script, *args],
-                    role_env(lanes_empty, **env), tmp_path)
+                    role_env(lanes_empty, **{**role_env_defaults, **env}), tmp_path)
         started.append(role)
         return role
 

@@ -48,13 +48,15 @@ def role_env(broker_url: str, **extra: str) -> dict[str, str]:
 class Role:
     """One running role script; its output goes to a log file shown on failure."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path, *,
+                 command: list[str] | None = None) -> None:
+        """Run ``deploy/bin/<args[0]> args[1:]``, or ``command`` (any program) if given."""
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [str(BIN / args[0]), *args[1:]], env=env, stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            command or [str(BIN / args[0]), *args[1:]], env=env, stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
         )
 
     def log(self) -> str:

@@ -180,6 +180,13 @@ def known_task(name: str) -> CatalogueTask:
     return task
 
 
+def quota_exceeded(exc: QuotaExceeded) -> Response:
+    """``429`` with ``Retry-After``, saying which quota."""
+    return Response({"detail": f"quota exceeded: {exc}"},
+                    status=status.HTTP_429_TOO_MANY_REQUESTS,
+                    headers={"Retry-After": str(exc.retry_after)})
+
+
 def accepted(submit: Callable[[], tuple[Any, bool]], *, location: Callable[[Any], str],
              render: Callable[[Any], dict]) -> Response:
     """Run a submission service and answer as the API promises: 202 with
@@ -189,9 +196,7 @@ def accepted(submit: Callable[[], tuple[Any, bool]], *, location: Callable[[Any]
     except InvalidSubmission as exc:
         raise ValidationError({exc.field: [exc.message]}) from exc
     except QuotaExceeded as exc:
-        return Response({"detail": f"quota exceeded: {exc}"},
-                        status=status.HTTP_429_TOO_MANY_REQUESTS,
-                        headers={"Retry-After": str(exc.retry_after)})
+        return quota_exceeded(exc)
     except IdempotencyConflict as exc:
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     headers = {"Location": location(record)}
@@ -308,9 +313,7 @@ class JobBulkSubmitApi(APIView):
         except InvalidSubmission as exc:
             raise ValidationError({exc.field: [exc.message]}) from exc
         except QuotaExceeded as exc:
-            return Response({"detail": f"quota exceeded: {exc}"},
-                            status=status.HTTP_429_TOO_MANY_REQUESTS,
-                            headers={"Retry-After": str(exc.retry_after)})
+            return quota_exceeded(exc)
         except BulkInterrupted as exc:  # some accepted: say which, ask for the rest again
             body = self._render(exc.outcome)
             body["detail"] = (f"the database failed after {exc.outcome.accepted} of "

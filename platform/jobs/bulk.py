@@ -314,7 +314,7 @@ def job_submit_bulk(*, tenant: Tenant | None, jobs: Sequence[BulkJob],
                     pending.append(PendingConfirm.objects.create(
                         created_at=now, job_ids=[m.key for m in messages]).id)
             outcome.job_ids.extend(ids[start:start + len(built)])
-            _count_submitted(rows.tier.name, jobs[start:start + len(built)])
+            _count_submitted(rows.tier.name, built)
             outcome.scheduled += len(built) - len(messages)
             if messages:
                 fed.extend(m.key for m in messages)
@@ -332,11 +332,11 @@ def job_submit_bulk(*, tenant: Tenant | None, jobs: Sequence[BulkJob],
     return outcome
 
 
-def _count_submitted(tier: str, items: Sequence[BulkJob]) -> None:
-    """Tell observers (``jobs.signals``) about a committed chunk."""
-    for task, count in Counter(item.task for item in items).items():
-        job_event_send("submitted", lane=task_lane(task).name, tier=tier, task=task,
-                       count=count)
+def _count_submitted(tier: str, built: list) -> None:
+    """Tell observers (``jobs.signals``) about a committed chunk, under each
+    job's own lane (its template's)."""
+    for (lane, task), count in Counter((job.lane, job.task) for _, _, job in built).items():
+        job_event_send("submitted", lane=lane, tier=tier, task=task, count=count)
 
 
 class _Publishing(threading.Thread):

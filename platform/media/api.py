@@ -26,6 +26,7 @@ from jobs.api import (
     accepted,
     idempotency_key,
     parse_options,
+    quota_exceeded,
 )
 from jobs.batch_api import BatchOptionsSerializer, batch_representation
 from jobs.batches import MAX_CHUNK_SIZE, batch_submit, max_items
@@ -205,9 +206,7 @@ class UploadApi(APIView):
             raise ValidationError({exc.field: [exc.message]}) from exc
         except QuotaExceeded as exc:
             self._discard(tenant, staged)
-            return Response({"detail": f"quota exceeded: {exc}"},
-                            status=status.HTTP_429_TOO_MANY_REQUESTS,
-                            headers={"Retry-After": str(exc.retry_after)})
+            return quota_exceeded(exc)
         except Exception:
             self._discard(tenant, staged)
             raise
