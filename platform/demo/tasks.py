@@ -5,6 +5,8 @@
 a slow backlog never delays the quick lane. ``demo.flaky`` fails its first
 runs (to watch a retry policy work) and ``demo.checksum`` is a batch task
 whose items may ask to fail (to watch a batch report failed items).
+``demo.witness`` and ``demo.witness_slow`` note each run they complete, so the
+reliability drills (docs/reliability.md) can count lost and duplicated runs.
 """
 from __future__ import annotations
 
@@ -112,3 +114,46 @@ def poison(marker: str) -> str:
     if os.path.exists(marker):
         os._exit(70)
     return marker
+
+
+#: Directory where ``demo.witness`` tasks log their runs; set only in the environment
+#: of the workers of a reliability drill (tests/drills.py). Unset: the task runs and logs
+#: nothing.
+WITNESS_DIR_ENV = "SWITCHYARD_WITNESS_DIR"
+WITNESS_SCHEMA = {
+    "type": "object",
+    "properties": {"seconds": {"type": "number", "minimum": 0, "maximum": 60}},
+    "additionalProperties": False,
+}
+
+
+def _witness(task_id: str, seconds: float) -> str:
+    """Sleep ``seconds``, then append the job id to this process's witness log.
+
+    A drill counts executions from these logs, outside the job table: an id
+    written twice is a duplicate execution, an accepted id never written is lost.
+    Each process appends to its own file, one short line per write, so lines
+    never interleave.
+    """
+    time.sleep(float(seconds))
+    directory = os.environ.get(WITNESS_DIR_ENV)
+    if directory:
+        path = os.path.join(directory, f"witness-{os.getpid()}.log")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{task_id}\n".encode())
+        finally:
+            os.close(fd)
+    return task_id
+
+
+@app.task(name="demo.witness", lane="quick", bind=True, params_schema=WITNESS_SCHEMA)
+def witness(self, seconds: float = 0.0) -> str:
+    """Quick lane: sleep ``seconds`` (0 to 60), then note the run for a drill's count."""
+    return _witness(self.request.id, seconds)
+
+
+@app.task(name="demo.witness_slow", lane="slow", bind=True, params_schema=WITNESS_SCHEMA)
+def witness_slow(self, seconds: float = 0.0) -> str:
+    """Slow lane: sleep ``seconds`` (0 to 60), then note the run for a drill's count."""
+    return _witness(self.request.id, seconds)

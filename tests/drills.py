@@ -1,0 +1,118 @@
+"""What a reliability drill counts, and where its figures go.
+
+A drill submits jobs of ``demo.witness`` (or ``demo.witness_slow``), breaks
+something (a worker killed, the broker stopped, connections closed, a memory
+alarm), lets the platform recover, then counts, as RabbitMQ's own Jepsen tests
+do, from two independent witnesses:
+
+- the job table: what was accepted and how each job ended;
+- the workers' witness logs (``SWITCHYARD_WITNESS_DIR``): each completed run.
+
+``lost`` is an accepted job that neither ran nor ended as the platform says it
+may (dead-lettered with a reason, expired, cancelled); ``duplicated`` counts
+runs beyond the first of a job. Each drill prints its figures and appends them
+to ``var/drills/figures.json``, which docs/reliability.md quotes.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.db.models import Count
+
+from jobs.models import Job
+from routing import topology
+from routing.management import Management
+
+REPO = Path(__file__).resolve().parents[1]
+FIGURES = REPO / "var" / "drills" / "figures.json"
+
+#: How a job may end without a run and not count as lost.
+ACCOUNTED = (Job.Status.DEAD, Job.Status.EXPIRED, Job.Status.CANCELLED)
+
+
+def witnessed_runs(directory: Path) -> collections.Counter:
+    """Completed runs per job id, from every witness log in ``directory``."""
+    runs: collections.Counter = collections.Counter()
+    for log in directory.glob("witness-*.log"):
+        runs.update(line for line in log.read_text().splitlines() if line)
+    return runs
+
+
+def left_in_queues(management: Management, vhost: str) -> dict[str, int]:
+    """Messages still in each lane queue and dead-letter queue of ``vhost``."""
+    names = [lane.queue for lane in topology.LANES] + [lane.dead_queue for lane in topology.LANES]
+    left = {}
+    for name in names:
+        info = management.queue(vhost, name) or {}
+        left[name] = int(info.get("messages", 0))
+    return left
+
+
+@dataclasses.dataclass
+class Figures:
+    """One drill's outcome; ``lost`` and ``duplicated`` are what a user would notice."""
+
+    drill: str
+    submitted: int
+    accepted: int
+    executed: int
+    lost: int
+    duplicated: int
+    dead_lettered: int
+    expired: int
+    cancelled: int
+    recovered: int
+    left_in_queues: int
+    seconds: float
+    notes: str = ""
+
+    def line(self) -> str:
+        return (f"drill {self.drill}: submitted {self.submitted}, accepted {self.accepted}, "
+                f"executed {self.executed}, lost {self.lost}, duplicated {self.duplicated}, "
+                f"dead-lettered {self.dead_lettered}, expired {self.expired}, "
+                f"cancelled {self.cancelled}, recovered {self.recovered}, "
+                f"left in queues {self.left_in_queues}, {self.seconds:.1f} s"
+                + (f" ({self.notes})" if self.notes else ""))
+
+
+def count(drill: str, *, submitted: int, job_ids, witness_dir: Path, started: float,
+          recovered: int = 0, left: int = 0, notes: str = "") -> Figures:
+    """Figures of a drill whose accepted jobs are ``job_ids``."""
+    ids = {str(i) for i in job_ids}
+    runs = witnessed_runs(witness_dir)
+    statuses = dict(Job.objects.filter(id__in=ids).values_list("status")
+                    .annotate(n=Count("id")).order_by())
+    ended = {str(i) for i in Job.objects.filter(id__in=ids, status__in=ACCOUNTED)
+             .values_list("id", flat=True)}
+    executed = {i for i in ids if runs[i]}
+    lost = ids - executed - ended
+    return Figures(
+        drill=drill, submitted=submitted, accepted=len(ids), executed=len(executed),
+        lost=len(lost), duplicated=sum(runs[i] - 1 for i in executed),
+        dead_lettered=statuses.get(Job.Status.DEAD, 0),
+        expired=statuses.get(Job.Status.EXPIRED, 0),
+        cancelled=statuses.get(Job.Status.CANCELLED, 0), recovered=recovered,
+        left_in_queues=left, seconds=time.monotonic() - started, notes=notes,
+    )
+
+
+def record(figures: Figures) -> Figures:
+    """Print the figures and keep the latest of each drill in ``var/drills/figures.json``."""
+    print(figures.line())
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        kept = json.loads(FIGURES.read_text())
+    except (OSError, ValueError):
+        kept = {}
+    kept[figures.drill] = {**dataclasses.asdict(figures), "recorded_at": time.time(),
+                           "vhost": getattr(settings, "TEST_VHOST", "")}
+    tmp = FIGURES.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(kept, indent=2, sort_keys=True))
+    tmp.replace(FIGURES)
+    return figures
