@@ -22,12 +22,12 @@ import os
 import time
 from pathlib import Path
 
+import pika
 from django.conf import settings
 from django.db.models import Count
 
 from jobs.models import Job
 from routing import topology
-from routing.management import Management
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = REPO / "var" / "drills" / "figures.json"
@@ -44,14 +44,21 @@ def witnessed_runs(directory: Path) -> collections.Counter:
     return runs
 
 
-def left_in_queues(management: Management, vhost: str) -> dict[str, int]:
-    """Messages still in each lane queue and dead-letter queue of ``vhost``."""
+def left_in_queues(broker_url: str | None = None) -> dict[str, int]:
+    """Messages ready in each lane queue and dead-letter queue right now.
+
+    Read with a passive declare over AMQP, not from the management API, whose
+    counts lag by its statistics interval.
+    """
     names = [lane.queue for lane in topology.LANES] + [lane.dead_queue for lane in topology.LANES]
-    left = {}
-    for name in names:
-        info = management.queue(vhost, name) or {}
-        left[name] = int(info.get("messages", 0))
-    return left
+    connection = pika.BlockingConnection(
+        pika.URLParameters(broker_url or settings.CELERY_BROKER_URL))
+    try:
+        channel = connection.channel()
+        return {name: channel.queue_declare(name, passive=True).method.message_count
+                for name in names}
+    finally:
+        connection.close()
 
 
 @dataclasses.dataclass

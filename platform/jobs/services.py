@@ -14,9 +14,10 @@ import hashlib
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -351,6 +352,16 @@ def _publish(job: Job, producer=None, **publish_options) -> None:
 #: that blocks (resource alarm) or hangs: the publish gets a deadline whatever
 #: stage it is stuck in (connect, channel open, confirm).
 _web_publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="switchyard-publish")
+#: The publisher thread's latest publish and when it was handed over.
+_last_publish: tuple[Future, float] | None = None
+_last_publish_lock = threading.Lock()
+
+
+def _publisher_stuck(deadline: float) -> bool:
+    """True while an earlier publish has been stuck past its deadline (a blocked or hung
+    broker): later requests then skip the wait instead of queueing behind it."""
+    last = _last_publish
+    return last is not None and not last[0].done() and time.monotonic() - last[1] > deadline
 
 
 def _publish_after_commit(job: Job) -> None:
@@ -360,13 +371,23 @@ def _publish_after_commit(job: Job) -> None:
     here. A publish that finishes after the deadline has still put the message
     in the broker: the dispatcher then publishes it again, and the worker runs
     whichever copy comes first and acknowledges the other unrun (``job_begin``).
+    While an earlier publish is still stuck past its deadline, the job is left
+    to the dispatcher at once: a blocked broker costs one request the deadline,
+    not every request behind it, and no publishes pile up on the thread.
     """
+    global _last_publish
     deadline = settings.SWITCHYARD_PUBLISH_DEADLINE
-    job.publications += 1
-    options = {"retry": True, "confirm_timeout": deadline / 2, "timeout": deadline / 2,
-               "retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.1,
-                                "interval_max": 0.1}}
-    future = _web_publisher.submit(_publish, job, **options)
+    with _last_publish_lock:
+        if _publisher_stuck(deadline):
+            logger.warning("job %s accepted; the broker has not confirmed an earlier publish "
+                           "for over %.1f s, the dispatcher will publish it", job.id, deadline)
+            return
+        job.publications += 1
+        options = {"retry": True, "confirm_timeout": deadline / 2, "timeout": deadline / 2,
+                   "retry_policy": {"max_retries": 1, "interval_start": 0,
+                                    "interval_step": 0.1, "interval_max": 0.1}}
+        future = _web_publisher.submit(_publish, job, **options)
+        _last_publish = (future, time.monotonic())
     try:
         future.result(timeout=deadline)
     except FutureTimeout:

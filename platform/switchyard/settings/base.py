@@ -254,7 +254,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_HEARTBEAT = 30
 # The web waits at most this long (seconds) for the broker to confirm a job;
 # then it answers 202 anyway and the dispatcher publishes the job (jobs.services).
-SWITCHYARD_PUBLISH_DEADLINE = float(os.environ.get("SWITCHYARD_PUBLISH_DEADLINE") or 1.5)
+SWITCHYARD_PUBLISH_DEADLINE = float(os.environ.get("SWITCHYARD_PUBLISH_DEADLINE") or 1.0)
 # Bulk submission (jobs.bulk): how long one call waits for the broker's
 # confirms, and how old an unanswered bulk publication must be before the
 # dispatcher assumes its submitter died and publishes its jobs again.
