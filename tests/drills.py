@@ -19,6 +19,7 @@ import collections
 import dataclasses
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from django.db.models import Count
 
 from jobs.models import Job
 from routing import topology
+from tests.processes import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = REPO / "var" / "drills" / "figures.json"
@@ -123,3 +125,35 @@ def record(figures: Figures) -> Figures:
     tmp.write_text(json.dumps(kept, indent=2, sort_keys=True))
     tmp.replace(FIGURES)
     return figures
+
+
+class memory_alarm:
+    """Set RabbitMQ's memory high watermark to 0 (every publisher blocked), then restore it."""
+
+    def __init__(self, management) -> None:
+        self.management = management
+
+    def _ctl(self, *args: str) -> str:
+        return subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True,
+                              text=True, timeout=60).stdout.strip()
+
+    def _alarmed(self) -> bool:
+        return any(node.get("mem_alarm") for node in self.management.get("nodes"))
+
+    def __enter__(self):
+        self.previous = self._ctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().")
+        self._ctl("set_vm_memory_high_watermark", "0")
+        try:
+            wait_until(self._alarmed, 30, "the memory alarm")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous.startswith("{absolute"):
+            self._ctl("set_vm_memory_high_watermark", "absolute",
+                      self.previous.strip("{}").split(",")[1].strip())
+        else:
+            self._ctl("set_vm_memory_high_watermark", self.previous)
+        wait_until(lambda: not self._alarmed(), 30, "the memory alarm to clear")
