@@ -233,12 +233,20 @@ def test_broker_restart_during_an_api_flood_loses_no_accepted_job(
     env = {"SWITCHYARD_WITNESS_DIR": str(witness_dir)}
     web, port = web_up(start_role)
     roles = [web, start_role("dispatcher"),
-             start_role("worker", "quick", SWITCHYARD_QUICK_CONCURRENCY="4", **env)]
-    wait_until(lambda: consumers_on(management, "quick") >= 1, 60, "a quick consumer",
-               roles=roles)
+             start_role("worker", "quick", SWITCHYARD_QUICK_CONCURRENCY="4", **env),
+             start_role("worker", "slow", SWITCHYARD_SLOW_CONCURRENCY="2", **env)]
+    wait_until(lambda: consumers_on(management, "quick") >= 1 and
+               consumers_on(management, "slow") >= 1, 60, "consumers on both lanes", roles=roles)
     started = time.monotonic()
+    # Slow jobs that are running when the broker goes: their worker must not finish them
+    # as well as the worker the broker redelivers them to
+    tenant = Tenant.objects.get(name="restartdrill")
+    slow = job_submit_bulk(tenant=tenant, enforce_quotas=False, jobs=[
+        BulkJob(task="demo.witness_slow", params={"seconds": 6})] * 4).job_ids
     with Flood(port, key) as flood:
-        wait_until(lambda: flood.count() >= 200, 60, "the flood to get going", roles=roles)
+        wait_until(lambda: flood.count() >= 200 and Job.objects.filter(
+            id__in=slow, status=Job.Status.STARTED).count() == 2, 60,
+            "the flood to get going and two slow jobs to start", roles=roles)
         # When RabbitMQ stops for about 10 s in the middle of the flood
         with broker_stopped(management):
             before = flood.count()
@@ -257,17 +265,24 @@ def test_broker_restart_during_an_api_flood_loses_no_accepted_job(
     assert slowest < settings.SWITCHYARD_PUBLISH_DEADLINE + 2.0, slowest
     assert during > 0, "no request was answered while the broker was stopped"
     # And every accepted job runs: the web, the workers and the dispatcher came back alone
+    accepted += [str(i) for i in slow]
     wait_until(lambda: all_finished(accepted), 180, "every accepted job to finish", interval=1,
                roles=roles)
+    slow_runs = drills.witnessed_runs(witness_dir)
     figures = drills.record(drills.count(
-        "broker-restart", submitted=len(answers), job_ids=accepted, witness_dir=witness_dir,
+        "broker-restart", submitted=len(answers) + len(slow), job_ids=accepted,
+        witness_dir=witness_dir,
         started=started, left=sum(drills.left_in_queues().values()),
         recovered=Job.objects.filter(  # kept while the broker was away, published later
             id__in=accepted, published_at__gte=F("submitted_at") + PUBLISH_GRACE).count(),
         notes=f"{during} answered while stopped; slowest answer {slowest:.2f} s; "
-              f"{sum(1 for a in answers if a[0] == 503)} answered 503"))
+              f"{sum(1 for a in answers if a[0] == 503)} answered 503; 4 slow jobs of 6 s, "
+              f"2 running at the stop, {sum(slow_runs[str(i)] for i in slow)} runs in all"))
     assert statuses(accepted) == {Job.Status.SUCCEEDED: len(accepted)}
     assert (figures.lost, figures.executed, figures.left_in_queues) == (0, len(accepted), 0)
+    # The slow jobs cut by the restart ran again to the end, each exactly once
+    assert [slow_runs[str(i)] for i in slow] == [1, 1, 1, 1]
+    assert Job.objects.filter(id__in=slow, attempts__gt=1).count() >= 2
 
 
 def test_every_role_recovers_when_the_broker_closes_all_its_connections(
