@@ -23,7 +23,7 @@ from jobs.services import (
     new_job,
     publish_job,
 )
-from jobs.signals import DUE_HEADER, SUBMITTED_HEADER
+from jobs.signals import DUE_HEADER, SUBMITTED_HEADER, job_event
 from routing import topology, wire
 from tenants.models import Tenant
 from tenants.services import tenant_create
@@ -173,10 +173,14 @@ def test_an_unroutable_job_is_dead_with_the_reason_not_lost(tenant, lanes_empty)
     with Connection(lanes_empty) as conn:
         conn.default_channel.queue_unbind("quick", topology.EXCHANGE_NAME,
                                           topology.binding_key("quick"))
+    seen = []
+    job_event.connect(lambda sender=None, **kw: seen.append(kw), dispatch_uid="probe",
+                      weak=False)
     try:
         outcome = job_submit_bulk(tenant=tenant, jobs=[
             BulkJob("demo.quick_task", {"x": 1}), BulkJob("demo.slow_task", {"seconds": 0})])
     finally:
+        job_event.disconnect(dispatch_uid="probe")
         with Connection(lanes_empty) as conn:
             conn.default_channel.queue_bind("quick", topology.EXCHANGE_NAME,
                                             topology.binding_key("quick"))
@@ -185,6 +189,9 @@ def test_an_unroutable_job_is_dead_with_the_reason_not_lost(tenant, lanes_empty)
     quick = Job.objects.get(id=outcome.job_ids[0])
     assert quick.status == Job.Status.DEAD and "unroutable" in quick.error
     assert Job.objects.get(id=outcome.job_ids[1]).status == Job.Status.QUEUED
+    # And the dead one is counted as dead-lettered in the metrics
+    assert ("dead", "quick", "premium", "demo.quick_task", 1) in [
+        (e["event"], e["lane"], e["tier"], e["task"], e["count"]) for e in seen]
 
 
 def test_nothing_is_written_when_one_job_is_invalid(tenant):

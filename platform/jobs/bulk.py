@@ -58,7 +58,7 @@ from jobs.services import (
     schedule_of,
     task_lane,
 )
-from jobs.signals import job_event_send, timing_headers
+from jobs.signals import job_event_send, job_events_for, timing_headers
 from routing import priorities, topology, wire
 from switchyard.celery import SwitchyardTask, app
 from tenants.models import Tenant
@@ -391,6 +391,8 @@ def _settle(report: wire.PublishReport, fed: list[str], outcome: BulkOutcome,
                 error="unroutable: no queue is bound for its routing key")
             logger.error("bulk submission: %d job(s) unroutable, marked dead",
                          len(report.returned))
+            dead = list(Job.objects.filter(id__in=report.returned).only("lane", "tier", "task"))
+            transaction.on_commit(lambda: job_events_for("dead", dead))
         PendingConfirm.objects.filter(id__in=pending).delete()
 
 
