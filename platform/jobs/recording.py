@@ -126,13 +126,37 @@ def job_expired(sender=None, request=None, expired=False, **_):
             job_event_send("expired", lane=lane, tier=tier, task=task)
 
 
-@signals.task_failure.connect
-def job_failed(sender=None, task_id=None, exception=None, **_):
-    """Sent for an exception in the task and, by Celery 5.7, for a hard time limit."""
-    if not _is_switchyard_task(sender):
-        return
+def job_raised(*, task, task_id: str, exception: BaseException) -> None:
+    """Record an exception raised by the task's code (``SwitchyardTask.__call__``).
+
+    A job whose retry policy is spent is marked ``dead`` with the reason, and
+    its message is rejected without requeue (``Reject``): RabbitMQ moves it to
+    ``<lane>.dead``, where ``manage.py dlq`` shows it and replays it after the
+    fix (docs/runbooks/poison-messages.md). Otherwise the job is ``retrying``
+    or ``failed`` and Celery acknowledges the message as usual.
+    """
     status = job_record_failure(job_id=task_id, error=f"{type(exception).__name__}: {exception}",
                                 retryable=not isinstance(exception, PermanentFailure))
+    if status == Job.Status.DEAD:
+        reason = Job.objects.values_list("error", flat=True).get(id=task_id)
+        logger.error("job %s (%s) dead-lettered: %s", task_id, task.name, reason)
+        raise Reject(reason, requeue=False) from exception
+    if status == Job.Status.FAILED:
+        delivery_ended(task, "failed", finished=True)
+    elif status == Job.Status.RETRYING:
+        delivery_ended(task, "retried", finished=False)
+
+
+@signals.task_failure.connect
+def job_failed(sender=None, task_id=None, exception=None, **_):
+    """Sent for an exception in the task (already recorded by ``job_raised``: a no-op
+    here) and, by Celery 5.7, for a hard time limit, recorded here."""
+    if not _is_switchyard_task(sender):
+        return
+    # Celery has acknowledged the message of a hard time limit: nothing to dead-letter.
+    status = job_record_failure(job_id=task_id, error=f"{type(exception).__name__}: {exception}",
+                                retryable=not isinstance(exception, PermanentFailure),
+                                dead_letter=False)
     if status == Job.Status.FAILED:
         delivery_ended(sender, "failed", finished=True)
     elif status == Job.Status.RETRYING:

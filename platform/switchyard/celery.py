@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import Celery, Task, signals
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject, Retry
 
 import routing.celery_config as routing_celery
 from routing import topology
@@ -79,6 +79,17 @@ class SwitchyardTask(Task):
 
             if not job_begin(task=self, task_id=self.request.id, args=args, kwargs=kwargs):
                 raise Ignore()
+            try:
+                return super().__call__(*args, **kwargs)
+            except (Ignore, Retry, Reject):
+                raise
+            except Exception as exc:
+                from jobs.recording import job_raised
+
+                # Dead-letters (raises Reject) a job whose retries are spent;
+                # otherwise Celery goes on as usual (task_failure, ack).
+                job_raised(task=self, task_id=self.request.id, exception=exc)
+                raise
         return super().__call__(*args, **kwargs)
 
 
