@@ -156,10 +156,18 @@ def startup_problems() -> list[str]:
     return problems
 
 
+#: Exit status of a worker that refuses to start (sysexits' EX_CONFIG).
+EXIT_MISCONFIGURED = 78
+
+
 @signals.worker_init.connect
 def _check_on_worker_start(**_):
     problems = startup_problems()
     if problems:
-        from django.core.exceptions import ImproperlyConfigured
+        import sys
 
-        raise ImproperlyConfigured("Switchyard worker cannot start:\n- " + "\n- ".join(problems))
+        # Celery logs and swallows an Exception raised by a signal handler, and the
+        # worker would go on consuming: SystemExit is the one way to stop it here.
+        print("Switchyard worker cannot start:\n- " + "\n- ".join(problems), file=sys.stderr,
+              flush=True)
+        raise SystemExit(EXIT_MISCONFIGURED)
