@@ -32,7 +32,7 @@ from tenants.services import tenant_create
 from tests import runbooks
 from tests.conftest import IN_CI
 from tests.drills import count, left_in_queues, record, witnessed_runs
-from tests.processes import REPO, role_env, wait_until
+from tests.processes import BIN, REPO, Role, role_env, wait_until
 from tests.tcp_proxy import TcpProxy
 from tests.test_lanes import consumers_on
 from tests.test_platform import free_port
@@ -188,15 +188,24 @@ def test_worker_refuses_to_start_when_a_lane_outlives_the_brokers_consumer_timeo
     assert time.monotonic() - started < 60
 
 
-def _consumer_timeout(value: int | None = None) -> str:
-    """Read (or set, then read) RabbitMQ's global consumer_timeout with rabbitmqctl."""
-    if value is not None:
-        subprocess.run(["rabbitmqctl", "eval",
-                        f"application:set_env(rabbit, consumer_timeout, {value})."],
-                       check=True, capture_output=True, timeout=60)
-    return subprocess.run(["rabbitmqctl", "eval", "application:get_env(rabbit, "
-                           "consumer_timeout)."], check=True, capture_output=True, text=True,
-                          timeout=60).stdout.strip()
+def _rabbit_env(key: str, value: int | None = None, *, unset: bool = False) -> str:
+    """Read (after setting or unsetting) one of RabbitMQ's application settings."""
+    if unset:
+        expr = f"application:unset_env(rabbit, {key})."
+    elif value is not None:
+        expr = f"application:set_env(rabbit, {key}, {value})."
+    if unset or value is not None:
+        subprocess.run(["rabbitmqctl", "eval", expr], check=True, capture_output=True,
+                       timeout=60)
+    return subprocess.run(["rabbitmqctl", "eval", f"application:get_env(rabbit, {key})."],
+                          check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+
+
+def _restore(key: str, original: str) -> None:
+    if original.startswith("{ok,"):
+        _rabbit_env(key, int(original[4:-1]))
+    else:
+        _rabbit_env(key, unset=True)
 
 
 def test_a_broker_timeout_lowered_behind_switchyards_back_loses_nothing(
@@ -206,40 +215,45 @@ def test_a_broker_timeout_lowered_behind_switchyards_back_loses_nothing(
             pytest.fail("rabbitmqctl is required under CI=true")
         pytest.skip("rabbitmqctl not found")
     started = time.monotonic()
-    original = _consumer_timeout()
-    assert original.startswith("{ok,") or original == "undefined", original
     tenant = Tenant.objects.create(name="patient", tier="standard")
-    job, _ = job_submit(tenant=tenant, task="demo.witness_slow", params={"seconds": 50})
+    job, _ = job_submit(tenant=tenant, task="demo.witness_slow", params={"seconds": 30})
     # Given a slow worker whose channel RabbitMQ opened while its consumer_timeout was
-    # 5 s (RabbitMQ reads it when a channel opens); every other channel keeps the usual
-    # value: the global setting is put back as soon as the worker consumes
+    # 5 s: RabbitMQ 3.10 reads it when a channel opens, so the broker-wide value goes
+    # back as soon as the worker consumes (other users of this broker keep theirs).
+    # Channels check their deliveries on each tick, every 60 s by default: 1 s here,
+    # until the worker is gone.
+    timeout, tick = _rabbit_env("consumer_timeout"), _rabbit_env("channel_tick_interval")
     try:
-        _consumer_timeout(5000)
-        worker = start_role("worker", "slow", SWITCHYARD_SLOW_CONCURRENCY="1")
-        wait_until(lambda: consumers_on(management, "slow") >= 1, 60, "the worker to consume",
-                   roles=[worker])
-    finally:
-        restored = _consumer_timeout(int(original[4:-1]) if original.startswith("{ok,")
-                                     else 1800000)
-    assert restored in (original, "{ok,1800000}")
+        try:
+            _rabbit_env("channel_tick_interval", 1000)
+            _rabbit_env("consumer_timeout", 5000)
+            worker = start_role("worker", "slow", SWITCHYARD_SLOW_CONCURRENCY="1")
+            wait_until(lambda: consumers_on(management, "slow") >= 1, 60,
+                       "the worker to consume", roles=[worker])
+        finally:
+            _restore("consumer_timeout", timeout)
 
-    # When its task holds the delivery past the timeout, RabbitMQ closes the channel and
-    # the worker exits (the runbook's symptom)
-    wait_until(lambda: worker.proc.poll() is not None, 120, "the worker to exit")
+        # When its task holds the delivery past the timeout, RabbitMQ closes the channel
+        # and the worker exits (the runbook's symptom) before the task could finish
+        wait_until(lambda: worker.proc.poll() is not None, 60, "the worker to exit")
+    finally:
+        _restore("channel_tick_interval", tick)
+    assert _rabbit_env("consumer_timeout") == timeout
     log = worker.log_path.read_text(errors="replace")
     assert "PreconditionFailed" in log and "timed out" in log, log[-3000:]
     assert worker.proc.returncode != 0
+    assert not witnessed_runs(witness_dir)
 
     # Then the job is not lost: a worker started afterwards runs it
     again = start_role("worker", "slow", name="worker-slow-again",
                        SWITCHYARD_SLOW_CONCURRENCY="1")
-    wait_until(lambda: Job.objects.get(id=job.id).status == Job.Status.SUCCEEDED, 120,
+    wait_until(lambda: Job.objects.get(id=job.id).status == Job.Status.SUCCEEDED, 60,
                "the job to run on the next worker", roles=[again])
     figures = record(count("consumer-timeout-lowered", submitted=1, job_ids=[job.id],
                            witness_dir=witness_dir, started=started, recovered=1,
                            left=queued_total(management),
-                           notes="a 50 s slow task on a channel with a 5 s consumer_timeout"))
-    assert figures.lost == 0 and figures.left_in_queues == 0
+                           notes="a 30 s slow task on a channel with a 5 s consumer_timeout"))
+    assert (figures.lost, figures.duplicated, figures.left_in_queues) == (0, 0, 0)
 
 
 # -- 3. Publisher clock skew -----------------------------------------------------------------
@@ -308,6 +322,33 @@ def test_a_publisher_clock_off_by_an_hour_changes_no_expiry_and_no_countdown(
                            notes=f"submitter under faketime {skew}: expires 300 s, countdown "
                                  f"2 s (started after {wait:.1f} s)"))
     assert (figures.lost, figures.expired, figures.duplicated, figures.executed) == (0, 0, 0, 2)
+
+
+def test_a_worker_clock_an_hour_ahead_expires_nothing_early(
+        transactional_db, lanes_empty, management, witness_dir, tmp_path):
+    program = faketime()
+    started = time.monotonic()
+    tenant = Tenant.objects.create(name="ahead", tier="standard")
+    # Given jobs that expire in 5 minutes, and the quick lane's only worker an hour ahead
+    ids = [job_submit(tenant=tenant, task="demo.witness", options=SubmitOptions(expires=300))[0]
+           .id for _ in range(5)]
+    env = role_env(lanes_empty, SWITCHYARD_WITNESS_DIR=str(witness_dir),
+                   SWITCHYARD_QUICK_CONCURRENCY="1")
+    worker = Role("worker-quick-ahead", [], env, tmp_path,
+                  command=[program, "-f", "+1h", str(BIN / "worker"), "quick"])
+    try:
+        # When it consumes them, then they run: none is taken for expired
+        wait_until(lambda: all_finished(ids), 60, "the jobs to end", roles=[worker])
+    finally:
+        worker.stop()
+    figures = record(count("worker-clock+1h", submitted=len(ids), job_ids=ids,
+                           witness_dir=witness_dir, started=started,
+                           left=queued_total(management),
+                           notes="quick worker under faketime +1h, jobs expiring in 300 s"))
+    assert (figures.expired, figures.lost, figures.executed) == (0, 0, 5)
+    # And their start is on the platform's clock (the reaper compares it with that clock)
+    for job in Job.objects.filter(id__in=ids):
+        assert abs((job.started_at - job.submitted_at).total_seconds()) < 60
 
 
 # -- 4. Network cut between the API and the broker -------------------------------------------

@@ -142,7 +142,7 @@ class _Template:
     def message(self, *, job_id: str, params: Mapping[str, Any], priority: int,
                 expires_at: dt.datetime | None, link: bool) -> wire.Outgoing:
         variable = {"id": job_id, "root_id": job_id,
-                    "expires": expires_at.isoformat() if expires_at else None,
+                    "expires": None,  # checked on the job record (switchyard.celery)
                     "kwargsrepr": repr(params)[:_KWARGSREPR_MAX]}
         if link:
             variable[LINK_HEADER] = 1

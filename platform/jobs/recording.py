@@ -12,7 +12,8 @@ import logging
 
 from celery import signals
 from celery.exceptions import Reject
-from django.db.models import F
+from django.db.models import F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from jobs.admission import job_admit_native, jsonable
@@ -60,7 +61,8 @@ def job_begin(*, task, task_id: str, args, kwargs) -> bool:
     redelivered = bool((request.delivery_info or {}).get("redelivered"))
     values = {
         "status": Job.Status.STARTED,
-        "started_at": timezone.now(),
+        # The database's clock, not this host's: the reaper compares started_at with it.
+        "started_at": Now(),
         "attempts": F("attempts") + 1,
         "worker": request.hostname or "",
     }
@@ -68,12 +70,22 @@ def job_begin(*, task, task_id: str, args, kwargs) -> bool:
     publication = getattr(request, PUBLICATION_HEADER, None)
     if isinstance(publication, int):
         runnable = runnable.filter(publications__lte=publication)
-    allowed = runnable.filter(attempts__lt=F("max_attempts") + LOST_DELIVERY_ALLOWANCE)
+    # ``expires`` is checked here on the database's clock; Switchyard's messages carry
+    # no expires header, so a worker whose clock is off expires nothing early or late.
+    fresh = Q(expires_at__isnull=True) | Q(expires_at__gt=Now())
+    allowed = runnable.filter(fresh, attempts__lt=F("max_attempts") + LOST_DELIVERY_ALLOWANCE)
     if allowed.update(**values):
         delivery_started(task)
         return True
     job = Job.objects.select_related("tenant").filter(id=task_id).first()
     if job is not None:
+        if runnable.filter(expires_at__lte=Now()).update(
+                status=Job.Status.EXPIRED, finished_at=Now(),
+                error="expired before a worker could start it"):
+            lane, tier, name = delivery_labels(task, request)
+            job_event_send("expired", lane=lane, tier=tier, task=name)
+            logger.info("job %s expired before it could start; acknowledged unrun", task_id)
+            return False
         if runnable.exists():  # runnable but out of deliveries: it kills its worker
             reason = (f"gave up after {job.attempts} deliveries without an outcome (the worker "
                       f"was lost each time); message moved to {job.lane}.dead")

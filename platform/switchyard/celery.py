@@ -117,6 +117,12 @@ def _enforce_contract(sender=None, headers=None, properties=None, routing_key=No
         # stay "queued" for ever. The worker enforces `expires` (the header)
         # against the job record instead and marks the job expired.
         properties.pop("expiration", None)
+        # And the `expires` header would make the worker compare it with its own clock
+        # (a host an hour ahead expires a 5-minute job at once): job_begin checks the
+        # job record's expires_at on the database's clock instead (docs/architecture.md,
+        # "Clocks").
+        if "expires" in headers:
+            headers["expires"] = None
 
 
 _connections_checked = 0.0
