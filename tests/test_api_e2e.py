@@ -125,7 +125,7 @@ def test_retry_policy_runs_again_until_success(api, start_role, management):
     assert (job["attempts"], job["result"], job["max_attempts"]) == (3, 3, 4)
 
 
-def test_exhausted_retries_fail_and_run_link_error(api, start_role, management):
+def test_exhausted_retries_dead_letter_and_run_link_error(api, start_role, management):
     roles = [start_lane(start_role, management, "quick", 1), start_role("dispatcher")]
     job_id = submit(api, {"task": "demo.flaky", "params": {"fail_runs": 5}, "options": {
         "retry_policy": {"max_retries": 1, "backoff": 0.1},
@@ -133,8 +133,11 @@ def test_exhausted_retries_fail_and_run_link_error(api, start_role, management):
     wait_until(lambda: Job.objects.filter(parent_id=job_id, status="succeeded").first(), 60,
                "the link_error job to run", roles=roles)
     job = status_of(api, job_id)
-    assert (job["status"], job["attempts"]) == ("failed", 2)
+    assert (job["status"], job["attempts"]) == ("dead", 2)
     assert "RuntimeError: run 2 of 5 planned failures" in job["error"]
+    assert "message moved to quick.dead" in job["error"]
+    wait_until(lambda: management.queue(settings.TEST_VHOST, "quick.dead")["messages"] == 1,
+               15, "the spent job's message in quick.dead")
     assert Job.objects.get(parent_id=job_id).result == "clean up"
 
 

@@ -58,7 +58,19 @@ def test_a_failure_within_the_policy_waits_for_its_retry_in_the_table(tenant):
     assert job.published_at is None and job.error == "OSError: timeout"
     assert dt.timedelta(seconds=29) < job.run_at - before < dt.timedelta(seconds=31)
     started(job, attempts=3)
-    assert job_record_failure(job_id=job.id, error="OSError: timeout") == Job.Status.FAILED
+    assert job_record_failure(job_id=job.id, error="OSError: timeout") == Job.Status.DEAD
+    job.refresh_from_db()
+    assert job.error == ("failed 3 of 3 attempts (retry policy spent); message moved to "
+                         "quick.dead; last error: OSError: timeout")
+
+
+def test_a_spent_policy_after_a_hard_time_limit_fails_without_dead_letter(tenant):
+    # Celery acknowledged the message itself: the record must not claim it is in quick.dead
+    job, _ = job_submit(tenant=tenant, task="demo.quick_task",
+                        options=SubmitOptions(retry_policy=RetryPolicy(max_retries=1)))
+    started(job, attempts=2)
+    assert job_record_failure(job_id=job.id, error="TimeLimitExceeded: 60",
+                              dead_letter=False) == Job.Status.FAILED
 
 
 def test_a_permanent_failure_or_no_policy_fails_at_once(tenant):

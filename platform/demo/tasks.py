@@ -6,7 +6,8 @@ a slow backlog never delays the quick lane. ``demo.flaky`` fails its first
 runs (to watch a retry policy work) and ``demo.checksum`` is a batch task
 whose items may ask to fail (to watch a batch report failed items).
 ``demo.witness`` and ``demo.witness_slow`` note each run they complete, so the
-reliability drills (docs/reliability.md) can count lost and duplicated runs.
+reliability drills (docs/reliability.md) can count lost and duplicated runs;
+``demo.poison`` (kills its process) and ``demo.failing`` (raises) stand for bugs.
 """
 from __future__ import annotations
 
@@ -114,6 +115,30 @@ def poison(marker: str) -> str:
     if os.path.exists(marker):
         os._exit(70)
     return marker
+
+
+@app.task(
+    name="demo.failing",
+    lane="quick",
+    bind=True,
+    public=False,
+    params_schema={
+        "type": "object",
+        "properties": {"marker": {"type": "string"}},
+        "required": ["marker"],
+        "additionalProperties": False,
+    },
+)
+def failing(self, marker: str) -> str:
+    """Raise while the file ``marker`` exists, as a bug would on every attempt; once the
+    file is gone (the fix is deployed) note the run like ``demo.witness`` and succeed.
+
+    With a retry policy its job is dead-lettered into ``quick.dead`` once the policy is
+    spent, to rehearse docs/runbooks/poison-messages.md. Not public.
+    """
+    if os.path.exists(marker):
+        raise RuntimeError(f"bug not fixed yet ({marker} exists)")
+    return _witness(self.request.id, 0)
 
 
 #: Directory where ``demo.witness`` tasks log their runs; set only in the environment

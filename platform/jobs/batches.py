@@ -40,6 +40,7 @@ from jobs.services import (
 from jobs.signals import job_event_send
 from routing import topology
 from switchyard.celery import app
+from switchyard.clock import platform_now
 from tenants.models import Tenant
 
 DEFAULT_CHUNK_SIZE = 100
@@ -85,7 +86,7 @@ def batch_submit(*, tenant: Tenant, task: str, items: Sequence[Any],
         raise InvalidSubmission("chunk_size", f"{total} items in chunks of {size} make {count} "
                                 f"chunks, more than {MAX_CHUNKS}; use a chunk_size of at least "
                                 f"{math.ceil(total / MAX_CHUNKS)}")
-    now = timezone.now()
+    now = platform_now()
     run_at, expires_at = schedule_of(options, now)
     template = new_job(tenant=tenant, task=task, params={}, priority=options.priority, now=now)
     apply_run_options(template, options)

@@ -61,6 +61,7 @@ from jobs.services import (
 from jobs.signals import job_event_send, job_events_for, timing_headers
 from routing import priorities, topology, wire
 from switchyard.celery import SwitchyardTask, app
+from switchyard.clock import platform_now
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class _Template:
     def message(self, *, job_id: str, params: Mapping[str, Any], priority: int,
                 expires_at: dt.datetime | None, link: bool) -> wire.Outgoing:
         variable = {"id": job_id, "root_id": job_id,
-                    "expires": expires_at.isoformat() if expires_at else None,
+                    "expires": None,  # checked on the job record (switchyard.celery)
                     "kwargsrepr": repr(params)[:_KWARGSREPR_MAX]}
         if link:
             variable[LINK_HEADER] = 1
@@ -288,7 +289,7 @@ def job_submit_bulk(*, tenant: Tenant | None, jobs: Sequence[BulkJob],
     """
     if deadline is None:
         deadline = settings.SWITCHYARD_BULK_PUBLISH_DEADLINE
-    now = timezone.now()
+    now = platform_now()
     schedules = _validate(jobs, now)
     ids = [uuid.uuid4() for _ in jobs]
     outcome = BulkOutcome(job_ids=[])

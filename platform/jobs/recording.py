@@ -12,7 +12,8 @@ import logging
 
 from celery import signals
 from celery.exceptions import Reject
-from django.db.models import F
+from django.db.models import F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from jobs.admission import job_admit_native, jsonable
@@ -60,7 +61,8 @@ def job_begin(*, task, task_id: str, args, kwargs) -> bool:
     redelivered = bool((request.delivery_info or {}).get("redelivered"))
     values = {
         "status": Job.Status.STARTED,
-        "started_at": timezone.now(),
+        # The database's clock, not this host's: the reaper compares started_at with it.
+        "started_at": Now(),
         "attempts": F("attempts") + 1,
         "worker": request.hostname or "",
     }
@@ -68,12 +70,22 @@ def job_begin(*, task, task_id: str, args, kwargs) -> bool:
     publication = getattr(request, PUBLICATION_HEADER, None)
     if isinstance(publication, int):
         runnable = runnable.filter(publications__lte=publication)
-    allowed = runnable.filter(attempts__lt=F("max_attempts") + LOST_DELIVERY_ALLOWANCE)
+    # ``expires`` is checked here on the database's clock; Switchyard's messages carry
+    # no expires header, so a worker whose clock is off expires nothing early or late.
+    fresh = Q(expires_at__isnull=True) | Q(expires_at__gt=Now())
+    allowed = runnable.filter(fresh, attempts__lt=F("max_attempts") + LOST_DELIVERY_ALLOWANCE)
     if allowed.update(**values):
         delivery_started(task)
         return True
     job = Job.objects.select_related("tenant").filter(id=task_id).first()
     if job is not None:
+        if runnable.filter(expires_at__lte=Now()).update(
+                status=Job.Status.EXPIRED, finished_at=Now(),
+                error="expired before a worker could start it"):
+            lane, tier, name = delivery_labels(task, request)
+            job_event_send("expired", lane=lane, tier=tier, task=name)
+            logger.info("job %s expired before it could start; acknowledged unrun", task_id)
+            return False
         if runnable.exists():  # runnable but out of deliveries: it kills its worker
             reason = (f"gave up after {job.attempts} deliveries without an outcome (the worker "
                       f"was lost each time); message moved to {job.lane}.dead")
@@ -126,13 +138,37 @@ def job_expired(sender=None, request=None, expired=False, **_):
             job_event_send("expired", lane=lane, tier=tier, task=task)
 
 
-@signals.task_failure.connect
-def job_failed(sender=None, task_id=None, exception=None, **_):
-    """Sent for an exception in the task and, by Celery 5.7, for a hard time limit."""
-    if not _is_switchyard_task(sender):
-        return
+def job_raised(*, task, task_id: str, exception: BaseException) -> None:
+    """Record an exception raised by the task's code (``SwitchyardTask.__call__``).
+
+    A job whose retry policy is spent is marked ``dead`` with the reason, and
+    its message is rejected without requeue (``Reject``): RabbitMQ moves it to
+    ``<lane>.dead``, where ``manage.py dlq`` shows it and replays it after the
+    fix (docs/runbooks/poison-messages.md). Otherwise the job is ``retrying``
+    or ``failed`` and Celery acknowledges the message as usual.
+    """
     status = job_record_failure(job_id=task_id, error=f"{type(exception).__name__}: {exception}",
                                 retryable=not isinstance(exception, PermanentFailure))
+    if status == Job.Status.DEAD:
+        reason = Job.objects.values_list("error", flat=True).get(id=task_id)
+        logger.error("job %s (%s) dead-lettered: %s", task_id, task.name, reason)
+        raise Reject(reason, requeue=False) from exception
+    if status == Job.Status.FAILED:
+        delivery_ended(task, "failed", finished=True)
+    elif status == Job.Status.RETRYING:
+        delivery_ended(task, "retried", finished=False)
+
+
+@signals.task_failure.connect
+def job_failed(sender=None, task_id=None, exception=None, **_):
+    """Sent for an exception in the task (already recorded by ``job_raised``: a no-op
+    here) and, by Celery 5.7, for a hard time limit, recorded here."""
+    if not _is_switchyard_task(sender):
+        return
+    # Celery has acknowledged the message of a hard time limit: nothing to dead-letter.
+    status = job_record_failure(job_id=task_id, error=f"{type(exception).__name__}: {exception}",
+                                retryable=not isinstance(exception, PermanentFailure),
+                                dead_letter=False)
     if status == Job.Status.FAILED:
         delivery_ended(sender, "failed", finished=True)
     elif status == Job.Status.RETRYING:

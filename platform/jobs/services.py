@@ -32,6 +32,7 @@ from jobs.models import Job
 from jobs.signals import job_events_for, timing_headers
 from routing import priorities, topology
 from switchyard.celery import app
+from switchyard.clock import platform_now
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -414,7 +415,7 @@ def job_submit(*, tenant: Tenant | None, task: str, params: Mapping[str, Any] | 
     """
     options = options or SubmitOptions(priority=priority)
     params = dict(params or {})
-    now = timezone.now()
+    now = platform_now()
     run_at, expires_at = schedule_of(options, now)
     check_links(options)
     job = new_job(tenant=tenant, task=task, params=params, priority=options.priority, now=now)
@@ -495,7 +496,7 @@ def job_publish_due(*, now: dt.datetime | None = None, limit: int = 500) -> int:
     publishing and committing republishes at most ``limit`` jobs
     (at-least-once), and the worker's job_begin runs each only once.
     """
-    now = now or timezone.now()
+    now = now or platform_now()
     with transaction.atomic():
         due = list(
             Job.objects.select_for_update(skip_locked=True)
@@ -576,15 +577,21 @@ def job_record_success(*, job_id, result: Any, failed_items: int = 0,
     return bool(updated)
 
 
-def job_record_failure(*, job_id, error: str, retryable: bool = True) -> str | None:
+def job_record_failure(*, job_id, error: str, retryable: bool = True,
+                       dead_letter: bool = True) -> str | None:
     """A started job failed: ``retrying`` (published again after its backoff)
-    while its retry policy allows, else ``failed`` and its ``link_error`` is
-    submitted. Returns the new status, or None if the job was not started."""
+    while its retry policy allows; ``dead`` once a retry policy is spent on
+    retryable errors (the caller then rejects the message into
+    ``<lane>.dead``, where ``manage.py dlq`` replays it after a fix); else
+    ``failed`` (no retry policy, a ``PermanentFailure`` no replay can fix, or
+    ``dead_letter`` False: a message already acknowledged, e.g. after a hard
+    time limit). ``dead`` and ``failed`` submit the job's ``link_error``. Returns the new
+    status, or None if the job was not started."""
     job = Job.objects.select_related("tenant").filter(id=job_id,
                                                       status=Job.Status.STARTED).first()
     if job is None:
         return None
-    now = timezone.now()
+    now = platform_now()
     error = error[:5000]
     started = Job.objects.filter(id=job.id, status=Job.Status.STARTED)
     if retryable and job.retry_policy and job.attempts < job.max_attempts:
@@ -592,6 +599,11 @@ def job_record_failure(*, job_id, error: str, retryable: bool = True) -> str | N
         updated = started.update(status=Job.Status.RETRYING, error=error, published_at=None,
                                  run_at=now + dt.timedelta(seconds=wait))
         return Job.Status.RETRYING if updated else None
+    if retryable and dead_letter and job.retry_policy:
+        reason = (f"failed {job.attempts} of {job.max_attempts} attempts (retry policy spent); "
+                  f"message moved to {job.lane}.dead; last error: {error}")
+        dead = job_record_dead(job=job, runnable=(Job.Status.STARTED,), reason=reason)
+        return Job.Status.DEAD if dead else None
     with transaction.atomic():
         updated = started.update(status=Job.Status.FAILED, finished_at=now, error=error)
         if updated and job.link_error:
@@ -621,7 +633,7 @@ def job_reap_lost(*, now: dt.datetime | None = None, limit: int = 500) -> tuple[
     copy still in the queue is not run too; past ``max_attempts +
     LOST_DELIVERY_ALLOWANCE`` deliveries it is ``dead`` instead.
     """
-    now = now or timezone.now()
+    now = now or platform_now()
     requeued = dead = 0
     for ln in topology.LANES:
         cutoff = now - dt.timedelta(seconds=ln.time_limit) - REAP_GRACE

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import Celery, Task, signals
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject, Retry
 
 import routing.celery_config as routing_celery
 from routing import topology
@@ -79,6 +79,17 @@ class SwitchyardTask(Task):
 
             if not job_begin(task=self, task_id=self.request.id, args=args, kwargs=kwargs):
                 raise Ignore()
+            try:
+                return super().__call__(*args, **kwargs)
+            except (Ignore, Retry, Reject):
+                raise
+            except Exception as exc:
+                from jobs.recording import job_raised
+
+                # Dead-letters (raises Reject) a job whose retries are spent;
+                # otherwise Celery goes on as usual (task_failure, ack).
+                job_raised(task=self, task_id=self.request.id, exception=exc)
+                raise
         return super().__call__(*args, **kwargs)
 
 
@@ -106,6 +117,12 @@ def _enforce_contract(sender=None, headers=None, properties=None, routing_key=No
         # stay "queued" for ever. The worker enforces `expires` (the header)
         # against the job record instead and marks the job expired.
         properties.pop("expiration", None)
+        # And the `expires` header would make the worker compare it with its own clock
+        # (a host an hour ahead expires a 5-minute job at once): job_begin checks the
+        # job record's expires_at on the database's clock instead (docs/architecture.md,
+        # "Clocks").
+        if "expires" in headers:
+            headers["expires"] = None
 
 
 _connections_checked = 0.0
@@ -145,10 +162,18 @@ def startup_problems() -> list[str]:
     return problems
 
 
+#: Exit status of a worker that refuses to start (sysexits' EX_CONFIG).
+EXIT_MISCONFIGURED = 78
+
+
 @signals.worker_init.connect
 def _check_on_worker_start(**_):
     problems = startup_problems()
     if problems:
-        from django.core.exceptions import ImproperlyConfigured
+        import sys
 
-        raise ImproperlyConfigured("Switchyard worker cannot start:\n- " + "\n- ".join(problems))
+        # Celery logs and swallows an Exception raised by a signal handler, and the
+        # worker would go on consuming: SystemExit is the one way to stop it here.
+        print("Switchyard worker cannot start:\n- " + "\n- ".join(problems), file=sys.stderr,
+              flush=True)
+        raise SystemExit(EXIT_MISCONFIGURED)
