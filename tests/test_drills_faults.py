@@ -70,7 +70,7 @@ def start_worker(start_role, management: Management, lane: str, concurrency: int
 
 def queued_total(management: Management) -> int:
     """Messages left in the lane queues (dead-letter queues hold accounted jobs)."""
-    left = left_in_queues(management, settings.TEST_VHOST)
+    left = left_in_queues()
     return sum(n for name, n in left.items() if not name.endswith(".dead"))
 
 
