@@ -9,14 +9,20 @@ import os
 import secrets
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
+from jobs.models import Job
 from jobs.services import job_submit
+from routing import priorities
 from tenants.models import Tenant
 from tenants.services import tenant_create
+from tests.processes import BIN, role_env
 
 REPO = Path(__file__).resolve().parent.parent
 MANAGE = REPO / "platform" / "manage.py"
@@ -96,3 +102,52 @@ def test_a_tenants_quota_counts_only_its_own_jobs():
     assert codes == [202, 202, 429]
     assert [j["task"] for j in client.get("/api/v1/jobs").json()["results"]] == [
         "demo.quick_task"] * 2
+
+
+@pytest.mark.parametrize("auth", [None, "", "ops", "ops:"], ids=["unset", "empty", "no-password",
+                                                                "empty-password"])
+def test_flower_refuses_to_start_without_a_login(auth):
+    env = role_env("amqp://guest:guest@127.0.0.1:1//", FLOWER_PORT="1")
+    env.pop("FLOWER_BASIC_AUTH", None)
+    if auth is not None:
+        env["FLOWER_BASIC_AUTH"] = auth
+    result = subprocess.run([str(BIN / "flower")], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode != 0
+    assert "FLOWER_BASIC_AUTH must be set" in result.stderr
+
+
+# Whatever a request claims, in the body, its options or its headers:
+TIER_CLAIMS = st.fixed_dictionaries({}, optional={
+    "tier": st.sampled_from(["premium", "gold", ""]),
+    "priority": st.integers(-3, 12),
+    "queue": st.sampled_from(["slow", "quick", "premium"]),
+    "routing_key": st.sampled_from(["quick.premium.demo.quick_task", "slow.premium.x"]),
+    "exchange": st.just("tasks"),
+})
+HEADER_CLAIMS = st.fixed_dictionaries({}, optional={
+    "HTTP_X_TIER": st.just("premium"), "HTTP_TIER": st.just("premium"),
+})
+
+
+@pytest.mark.django_db
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(claims=TIER_CLAIMS, top_level=st.booleans(), headers=HEADER_CLAIMS)
+def test_tier_and_band_come_from_the_tenant_record_whatever_the_request_claims(
+        claims, top_level, headers):
+    tenant, key = tenant_create(name=f"claimant-{uuid.uuid4().hex[:12]}", tier="standard")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    body = {"task": "demo.quick_task", **(claims if top_level else {"options": claims})}
+    resp = client.post("/api/v1/jobs", body, format="json", **headers)
+    # Refused when it names anything but a relative priority in 0..9 (unknown fields and
+    # routing options are never ignored) ...
+    in_range = 0 <= claims.get("priority", 0) <= 9
+    refused = bool(claims) if top_level else bool(set(claims) - {"priority"}) or not in_range
+    assert resp.status_code == (400 if refused else 202), resp.content
+    # ... else placed in the standard band on a standard key, whatever the headers say
+    if not refused:
+        job = Job.objects.get(id=resp.json()["id"])
+        assert job.tier == "standard" and job.priority in priorities.STANDARD
+        assert job.routing_key == "quick.standard.demo.quick_task"
+        assert job.priority == priorities.STANDARD.place(claims.get("priority"))
