@@ -1,11 +1,13 @@
 """Schemathesis against the API's own OpenAPI schema: no 5xx, no answer the schema does not allow.
 
-The requests go in-process to the WSGI application (no server, no broker: every
-request runs inside the test's database transaction, which is rolled back, so no
-job is ever published). The tenant's token rides in the headers of every call;
+The requests go in-process to the WSGI application (no server). Every request runs
+inside the test's database transaction, which is rolled back, so jobs submitted one
+by one are never published; a bulk submission publishes at once, into this run's
+vhost, whose lanes are purged afterwards. The tenant's token rides in the headers of every call;
 schemathesis also drops it, and sends every method the schema does not declare.
 The tenant owns a job, a batch and a file, and half of the generated ids are
-replaced by those, so the fuzzer reads and cancels real records, not only 404s.
+replaced by those, so the fuzzer reads and cancels real records, not only 404s;
+the schema's request examples make it submit jobs, bulks and batches that succeed.
 Bounded: a few dozen examples per operation and a fixed seed (about 30 s).
 """
 from __future__ import annotations
@@ -42,8 +44,11 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
 
 
+pytestmark = pytest.mark.rabbitmq  # bulk submissions publish at once (the run's own vhost)
+
+
 @pytest.fixture
-def fuzz_tenant(db, media_dirs):
+def fuzz_tenant(db, media_dirs, lanes_empty):
     """The tenant's token, and the ids of the records it owns, by path parameter."""
     # Django's own test client does the same: a request must not close the connection
     # that holds the test's transaction.

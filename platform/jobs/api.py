@@ -10,7 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
@@ -267,7 +267,10 @@ class JobListSubmitApi(APIView):
 
     @extend_schema(request=InputSerializer, responses={202: JobOutputSerializer},
                    parameters=[OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER,
-                                                required=False)])
+                                                required=False)],
+                   examples=[OpenApiExample("a quick job", request_only=True, value={
+                       "task": "demo.quick_task", "params": {"x": 1},
+                       "options": {"priority": 7, "expires": 600}})])
     def post(self, request):
         body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -316,7 +319,11 @@ class JobBulkSubmitApi(APIView):
         jobs = serializers.ListField(child=serializers.UUIDField(),
                                      help_text="job ids, in the order submitted")
 
-    @extend_schema(request=InputSerializer, responses={202: OutputSerializer})
+    @extend_schema(request=InputSerializer, responses={202: OutputSerializer},
+                   examples=[OpenApiExample("two jobs", request_only=True, value={"jobs": [
+                       {"task": "demo.quick_task", "params": {"x": 1}},
+                       {"task": "demo.slow_task", "params": {"seconds": 2},
+                        "options": {"priority": 9}}]})])
     def post(self, request):
         items = request.data.get("jobs") if isinstance(request.data, dict) else None
         unknown = sorted(set(request.data) - {"jobs"}) if isinstance(request.data, dict) else []

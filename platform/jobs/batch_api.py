@@ -7,7 +7,12 @@ well under the 3 s the API promises (see ``make bench``).
 from __future__ import annotations
 
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+)
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
@@ -188,7 +193,10 @@ class BatchListSubmitApi(APIView):
 
     @extend_schema(request=InputSerializer, responses={202: BatchOutputSerializer},
                    parameters=[OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER,
-                                                required=False)])
+                                                required=False)],
+                   examples=[OpenApiExample("checksums in chunks", request_only=True, value={
+                       "task": "demo.checksum", "items": [{"data": "a.jpg"}, {"data": "b.jpg"}],
+                       "chunk_size": 1, "options": {"priority": 3}})])
     def post(self, request):
         body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
