@@ -11,8 +11,18 @@ import os
 
 import pytest
 from django.conf import settings
+from hypothesis import settings as hypothesis_settings
 
 from routing.management import Management, ManagementError
+
+# Property tests and fuzzers (tests/test_fuzz_*.py) are derandomized: every run tries the
+# same examples, so a failure in CI is reproduced by running the same test locally. No
+# example database is written into the work tree. SWITCHYARD_FUZZ=explore searches anew.
+hypothesis_settings.register_profile("switchyard", derandomize=True, database=None,
+                                     deadline=None)
+hypothesis_settings.register_profile("explore", database=None, deadline=None)
+hypothesis_settings.load_profile(
+    "explore" if os.environ.get("SWITCHYARD_FUZZ") == "explore" else "switchyard")
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

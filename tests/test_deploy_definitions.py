@@ -123,6 +123,14 @@ def refused(url: str, action) -> bool:
     return False
 
 
+def publish_to(exchange: str):
+    """A confirmed publish, so a refusal is reported on this call, not a later one."""
+    def act(channel) -> None:
+        channel.confirm_delivery()
+        channel.basic_publish(exchange, "quick.standard.demo.quick_task", b"{}")
+    return act
+
+
 @pytest.mark.rabbitmq
 def test_definitions_import_and_each_user_can_only_do_its_job(topology_applied, broker_vhost,
                                                               management: Management):
@@ -135,6 +143,10 @@ def test_definitions_import_and_each_user_can_only_do_its_job(topology_applied, 
             Producer(conn).publish({"x": 1}, exchange=topology.EXCHANGE_NAME,
                                    routing_key="slow.standard.demo.slow_task", declare=[slow])
         # ... but it can neither consume nor purge a lane, nor publish to the DLX.
+        for publisher in ("web", "dispatcher", "beat"):
+            assert not refused(urls[publisher], publish_to(topology.EXCHANGE_NAME)), publisher
+            assert refused(urls[publisher], publish_to(topology.DLX_NAME)), publisher
+            assert refused(urls[publisher], lambda ch: ch.basic_get("quick")), publisher
         assert refused(urls["web"], lambda ch: ch.basic_get("slow"))
         assert refused(urls["web"], lambda ch: ch.queue_purge("slow"))
         assert refused(urls["web"], lambda ch: ch.exchange_declare(topology.DLX_NAME,

@@ -104,7 +104,7 @@ class _Tripwire:
 
 def publish_and_collect_dead(broker_url: str, body, *, task: str, routing_key: str,
                              content_type: str, content_encoding: str, tier: str = "standard",
-                             timeout: float = 20):
+                             tenant: str = "outsider", timeout: float = 20):
     """Publish one raw task message as a foreign client would; return (its id, what
     arrived in the lane's dead-letter queue), waiting up to ``timeout`` seconds."""
     task_id = str(uuid.uuid4())
@@ -115,7 +115,7 @@ def publish_and_collect_dead(broker_url: str, body, *, task: str, routing_key: s
             routing_key=routing_key, serializer=None,
             content_type=content_type, content_encoding=content_encoding,
             headers={"task": task, "id": task_id, "lang": "py", "argsrepr": "()",
-                     "kwargsrepr": "{}", "tenant": "outsider", "tier": tier},
+                     "kwargsrepr": "{}", "tenant": tenant, "tier": tier},
         )
         bound = Queue(dead_queue, no_declare=True)(conn.default_channel)
         dead = wait_until(lambda: bound.get(no_ack=True), timeout, f"a message in {dead_queue}")
@@ -141,6 +141,42 @@ def test_pickle_message_is_dead_lettered_and_never_executed(start_role, manageme
     worker.assert_running()
     assert not tripwire.exists()
     assert not Job.objects.filter(id=task_id).exists()
+
+
+def test_pickle_from_a_real_tenant_never_runs_where_json_would(start_role, management,
+                                                               tmp_path, broker_url):
+    # Given a quick worker logging every run of demo.witness, and a real tenant
+    Tenant.objects.create(name="acme", tier="standard")
+    witness = tmp_path / "witness"
+    witness.mkdir()
+    worker = start_role("worker", "quick", SWITCHYARD_QUICK_CONCURRENCY="1",
+                        SWITCHYARD_WITNESS_DIR=str(witness))
+    wait_until(lambda: consumers_on(management, "quick") >= 1, 60, "a consumer on quick",
+               roles=[worker])
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    # When a rogue client sends a well-formed protocol-2 call of it, pickled
+    body = pickle.dumps(((), {"seconds": 0}, embed))
+    task_id, dead = publish_and_collect_dead(
+        broker_url, body, task="demo.witness", routing_key="quick.standard.demo.witness",
+        content_type="application/x-python-serialize", content_encoding="binary",
+        tenant="acme")
+    # Then it is dead-lettered with the reason, unread: no job, no run
+    assert dead.headers["id"] == task_id and dead.body == body
+    assert "application/x-python-serialize" in dead.headers[REASON_HEADER]
+    assert not Job.objects.filter(id=task_id).exists()
+
+    # And the same call in JSON does run (the witness would have seen the pickle's run)
+    json_id = str(uuid.uuid4())
+    with Connection(broker_url) as conn:
+        Producer(conn.default_channel).publish(
+            [[], {"seconds": 0}, embed], exchange=Exchange(topology.EXCHANGE_NAME, type="topic"),
+            routing_key="quick.standard.demo.witness", serializer="json",
+            headers={"task": "demo.witness", "id": json_id, "lang": "py", "argsrepr": "()",
+                     "kwargsrepr": "{}", "tenant": "acme", "tier": "standard"})
+    wait_until(lambda: Job.objects.filter(id=json_id, status="succeeded").exists(), 30,
+               "the JSON call to succeed", roles=[worker])
+    runs = [line for log in witness.iterdir() for line in log.read_text().split()]
+    assert runs == [json_id]
 
 
 def test_message_for_unknown_task_is_dead_lettered(start_role, management, broker_url):

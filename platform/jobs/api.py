@@ -9,10 +9,10 @@ from typing import Any
 
 from django.conf import settings
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -38,6 +38,7 @@ from jobs.services import (
     job_submit,
 )
 from routing import topology
+from switchyard.pagination import CursorPagination
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -52,6 +53,24 @@ class StrictSerializer(serializers.Serializer):
                 raise ValidationError({key: [f"unknown field; accepted: "
                                              f"{', '.join(self.fields)}"] for key in unknown})
         return super().to_internal_value(data)
+
+
+class TaskNameField(serializers.CharField):
+    """A task name; checked against the catalogue by the view (``known_task``), so the
+    error names ``/api/v1/tasks``. The schema lists the names the catalogue has."""
+
+    def __init__(self, *, batch_tasks_only: bool = False, **kwargs):
+        self.batch_tasks_only = batch_tasks_only
+        super().__init__(max_length=200, **kwargs)
+
+
+class TaskNameFieldScheme(OpenApiSerializerFieldExtension):
+    target_class = "jobs.api.TaskNameField"
+
+    def map_serializer_field(self, auto_schema, direction):
+        names = [task.name for task in catalogue()
+                 if task.accepts_batches or not self.target.batch_tasks_only]
+        return {"type": "string", "enum": names, "description": "a name from /api/v1/tasks"}
 
 
 class ExpiresField(serializers.Field):
@@ -233,8 +252,10 @@ class JobPagination(CursorPagination):
 class JobListSubmitApi(APIView):
     """``POST /api/v1/jobs`` submits; ``GET /api/v1/jobs`` lists the caller's jobs."""
 
+    pagination_class = JobPagination  # documents the list's pages in the schema
+
     class InputSerializer(StrictSerializer):
-        task = serializers.CharField(max_length=200)
+        task = TaskNameField()
         params = serializers.DictField(required=False, default=dict)
         options = serializers.DictField(required=False, default=dict)
 
@@ -246,7 +267,10 @@ class JobListSubmitApi(APIView):
 
     @extend_schema(request=InputSerializer, responses={202: JobOutputSerializer},
                    parameters=[OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER,
-                                                required=False)])
+                                                required=False)],
+                   examples=[OpenApiExample("a quick job", request_only=True, value={
+                       "task": "demo.quick_task", "params": {"x": 1},
+                       "options": {"priority": 7, "expires": 600}})])
     def post(self, request):
         body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -269,7 +293,7 @@ class JobListSubmitApi(APIView):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         jobs = job_list(tenant=request.auth, **filters.validated_data)
-        paginator = JobPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(jobs, request, view=self)
         return paginator.get_paginated_response(
             JobOutputSerializer(page, many=True, context={"request": request}).data)
@@ -295,7 +319,11 @@ class JobBulkSubmitApi(APIView):
         jobs = serializers.ListField(child=serializers.UUIDField(),
                                      help_text="job ids, in the order submitted")
 
-    @extend_schema(request=InputSerializer, responses={202: OutputSerializer})
+    @extend_schema(request=InputSerializer, responses={202: OutputSerializer},
+                   examples=[OpenApiExample("two jobs", request_only=True, value={"jobs": [
+                       {"task": "demo.quick_task", "params": {"x": 1}},
+                       {"task": "demo.slow_task", "params": {"seconds": 2},
+                        "options": {"priority": 9}}]})])
     def post(self, request):
         items = request.data.get("jobs") if isinstance(request.data, dict) else None
         unknown = sorted(set(request.data) - {"jobs"}) if isinstance(request.data, dict) else []

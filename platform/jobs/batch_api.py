@@ -7,10 +7,14 @@ well under the 3 s the API promises (see ``make bench``).
 from __future__ import annotations
 
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+)
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -18,6 +22,7 @@ from jobs.api import (
     IDEMPOTENCY_HEADER,
     OptionsSerializer,
     StrictSerializer,
+    TaskNameField,
     accepted,
     idempotency_key,
     job_url,
@@ -35,9 +40,12 @@ from jobs.batches import (
 from jobs.catalogue import InvalidParams, validate_items
 from jobs.models import Batch, Job
 from jobs.services import NotCancellable
+from switchyard.pagination import CursorPagination
 
 #: Failed items shown inline in a batch; the rest are paged at ``failures_url``.
 INLINE_FAILURES = 100
+BATCH_STATUSES = ["queued", "running", "succeeded", "failed", "completed_with_failures",
+                  "cancelled"]
 
 
 class BatchOptionsSerializer(OptionsSerializer):
@@ -53,6 +61,7 @@ class BatchOptionsSerializer(OptionsSerializer):
         return fields
 
 
+@extend_schema_field({"type": "array", "items": {}, "minItems": 1})
 class ItemsField(serializers.Field):
     """A JSON array, checked for length only: items are validated by the task's schema."""
 
@@ -107,13 +116,23 @@ def batch_representation(request, batch: Batch) -> dict:
     }
 
 
+class BatchFailureSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="the item's index in the batch")
+    item = serializers.JSONField()
+    error = serializers.CharField()
+
+
+class BatchFailurePageSerializer(serializers.Serializer):
+    results = BatchFailureSerializer(many=True)
+    next = serializers.URLField(allow_null=True, help_text="the next page, if any")
+
+
 class BatchOutputSerializer(serializers.Serializer):
     """Documents the batch representation (built by ``batch_representation``)."""
 
     id = serializers.UUIDField()
     task = serializers.CharField()
-    status = serializers.ChoiceField(choices=["queued", "running", "succeeded", "failed",
-                                              "completed_with_failures", "cancelled"])
+    status = serializers.ChoiceField(choices=BATCH_STATUSES)
     lane = serializers.CharField()
     tier = serializers.CharField()
     priority = serializers.IntegerField()
@@ -133,8 +152,8 @@ class BatchOutputSerializer(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
     estimated_completion_at = serializers.DateTimeField(allow_null=True)
     cancelled_at = serializers.DateTimeField(allow_null=True)
-    failures = serializers.ListField(child=serializers.DictField(),
-                                     help_text=f"the first {INLINE_FAILURES} failed items")
+    failures = BatchFailureSerializer(many=True,
+                                      help_text=f"the first {INLINE_FAILURES} failed items")
     failures_truncated = serializers.BooleanField()
     status_url = serializers.URLField()
     failures_url = serializers.URLField()
@@ -163,8 +182,10 @@ class BatchPagination(CursorPagination):
 class BatchListSubmitApi(APIView):
     """``POST /api/v1/batches`` submits; ``GET /api/v1/batches`` lists the caller's batches."""
 
+    pagination_class = BatchPagination  # documents the list's pages in the schema
+
     class InputSerializer(StrictSerializer):
-        task = serializers.CharField(max_length=200)
+        task = TaskNameField(batch_tasks_only=True)
         items = ItemsField()
         chunk_size = serializers.IntegerField(min_value=1, max_value=MAX_CHUNK_SIZE,
                                               required=False)
@@ -172,7 +193,10 @@ class BatchListSubmitApi(APIView):
 
     @extend_schema(request=InputSerializer, responses={202: BatchOutputSerializer},
                    parameters=[OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER,
-                                                required=False)])
+                                                required=False)],
+                   examples=[OpenApiExample("checksums in chunks", request_only=True, value={
+                       "task": "demo.checksum", "items": [{"data": "a.jpg"}, {"data": "b.jpg"}],
+                       "chunk_size": 1, "options": {"priority": 3}})])
     def post(self, request):
         body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -196,7 +220,7 @@ class BatchListSubmitApi(APIView):
 
     @extend_schema(responses={200: BatchSummarySerializer(many=True)})
     def get(self, request):
-        paginator = BatchPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(Batch.objects.filter(tenant=request.auth), request,
                                            view=self)
         return paginator.get_paginated_response(
@@ -239,12 +263,7 @@ class BatchFailuresApi(APIView):
                                          help_text="last index of the previous page")
         limit = serializers.IntegerField(min_value=1, max_value=1000, default=100)
 
-    class FailureSerializer(serializers.Serializer):
-        index = serializers.IntegerField()
-        item = serializers.JSONField()
-        error = serializers.CharField()
-
-    @extend_schema(parameters=[QuerySerializer], responses={200: FailureSerializer(many=True)})
+    @extend_schema(parameters=[QuerySerializer], responses={200: BatchFailurePageSerializer})
     def get(self, request, batch_id):
         batch = _own_batch(request, batch_id)
         query = self.QuerySerializer(data=request.query_params)
@@ -281,6 +300,8 @@ class ChunkPagination(CursorPagination):
 class BatchChunksApi(APIView):
     """``GET /api/v1/batches/{id}/chunks?status=``: each chunk's job, in order."""
 
+    pagination_class = ChunkPagination  # documents the list's pages in the schema
+
     class FilterSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=Job.Status.choices, required=False)
 
@@ -292,7 +313,7 @@ class BatchChunksApi(APIView):
         chunks = Job.objects.filter(batch=batch).defer("params", "result")
         if filters.validated_data.get("status"):
             chunks = chunks.filter(status=filters.validated_data["status"])
-        paginator = ChunkPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(chunks, request, view=self)
         return paginator.get_paginated_response(
             ChunkSerializer(page, many=True, context={"request": request}).data)

@@ -15,7 +15,6 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -28,7 +27,7 @@ from jobs.api import (
     parse_options,
     quota_exceeded,
 )
-from jobs.batch_api import BatchOptionsSerializer, batch_representation
+from jobs.batch_api import BatchOptionsSerializer, BatchOutputSerializer, batch_representation
 from jobs.batches import MAX_CHUNK_SIZE, batch_submit, max_items
 from jobs.services import InvalidSubmission, QuotaExceeded, job_submit
 from media import storage
@@ -36,6 +35,7 @@ from media.models import File
 from media.paths import PathRefused, clean_folder, clean_name
 from media.selectors import file_get, file_list
 from media.services import ON_CLASH, upload_discard, upload_stage
+from switchyard.pagination import CursorPagination
 
 #: Operations on a set of files, the task each runs and the states a folder gives.
 OPERATIONS = {
@@ -91,6 +91,8 @@ class FilePagination(CursorPagination):
 class FileListApi(APIView):
     """``GET /api/v1/media/files?folder=&recursive=&state=``: the caller's files."""
 
+    pagination_class = FilePagination  # documents the list's pages in the schema
+
     class FilterSerializer(serializers.Serializer):
         folder = serializers.CharField(required=False, allow_blank=True)
         recursive = serializers.BooleanField(default=False)
@@ -106,7 +108,7 @@ class FileListApi(APIView):
             folder = _confined(folder, clean_folder, "folder")
         files = file_list(tenant=request.auth, folder=folder, recursive=data["recursive"],
                           states=(data["state"],))
-        paginator = FilePagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(files, request, view=self)
         return paginator.get_paginated_response(
             FileOutputSerializer(page, many=True, context={"request": request}).data)
@@ -238,7 +240,7 @@ class OperationApi(APIView):
                                               required=False)
         options = serializers.DictField(required=False, default=dict)
 
-    @extend_schema(request=InputSerializer)
+    @extend_schema(request=InputSerializer, responses={202: BatchOutputSerializer})
     def post(self, request):
         body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)

@@ -1,8 +1,9 @@
-"""Project-level views: liveness and readiness."""
+"""Project-level views: liveness and readiness, and the API's 404."""
 from __future__ import annotations
 
 from django.db import connection
 from django.http import JsonResponse
+from django.views.defaults import page_not_found
 
 
 def healthz(request):
@@ -13,3 +14,11 @@ def healthz(request):
     except Exception as exc:  # any database failure means not ready
         return JsonResponse({"status": "unavailable", "database": str(exc)}, status=503)
     return JsonResponse({"status": "ok"})
+
+
+def not_found(request, exception=None):
+    """Django's 404 page, but JSON in the API's error shape under ``/api/`` (a path that
+    matches no route, such as a job id that is not a UUID)."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": f"no such resource: {request.path}"}, status=404)
+    return page_not_found(request, exception)

@@ -111,7 +111,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.authentication.TenantTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "switchyard.openapi.SwitchyardAutoSchema",
     "EXCEPTION_HANDLER": "switchyard.api_errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
@@ -121,6 +121,9 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
+    # Jobs and batches both have a `status`, from different sets of values.
+    "ENUM_NAME_OVERRIDES": {"JobStatusEnum": "jobs.models.Job.Status",
+                            "BatchStatusEnum": "jobs.batch_api.BATCH_STATUSES"},
 }
 # Largest request body accepted (bytes); larger is 400 naming the limit
 # (switchyard.middleware). Batches have their own, larger limit.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -13,6 +14,12 @@ if len(SECRET_KEY) < 50:
     raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set to at least 50 random characters")
 if not os.environ.get("DATABASE_URL"):
     raise ImproperlyConfigured("DATABASE_URL must be set in production")
+# Never the development default (guest, which a broker loading definitions.json does not
+# have): each role logs in as its own RabbitMQ user (docs/operations.md).
+_broker = urlsplit(os.environ.get("CELERY_BROKER_URL", ""))
+if not _broker.password or _broker.username in (None, "", "guest"):
+    raise ImproperlyConfigured("CELERY_BROKER_URL must be set in production, with the role's "
+                               "own RabbitMQ user and password (never guest)")
 
 DEBUG = False
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
