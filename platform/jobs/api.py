@@ -358,7 +358,8 @@ class JobBulkSubmitApi(APIView):
     def _render(outcome: BulkOutcome) -> dict:
         return {"accepted": outcome.accepted, "published": outcome.published,
                 "scheduled": outcome.scheduled, "held": outcome.held,
-                "deferred": outcome.deferred, "dead": outcome.dead, "jobs": [str(job_id) for job_id in outcome.job_ids]}
+                "deferred": outcome.deferred, "dead": outcome.dead,
+                "jobs": [str(job_id) for job_id in outcome.job_ids]}
 
 
 def _own_job(request, job_id) -> Job:

@@ -11,8 +11,8 @@ from pathlib import Path
 import dj_database_url
 
 import routing.celery_config as routing_celery
-from routing.management import DEFAULT_BROKER_URL
 from routing import topology as _topology
+from routing.management import DEFAULT_BROKER_URL
 from routing.topology import DEFAULT_CONSUMER_TIMEOUT_MS
 
 
@@ -275,7 +275,18 @@ SWITCHYARD_FAIR_WINDOW = {
     for ln in _topology.LANES
 }
 # Starvation bound for the standard tier, per lane: at least this share of the lane's
-# starts over SWITCHYARD_FAIR_SHARE_WINDOW = float(os.environ.get("SWITCHYARD_FAIR_SHARE_WINDOW") or 30)
+# starts over SWITCHYARD_FAIR_SHARE_WINDOW seconds goes to standard work while some
+# waits, and no standard job in its tenant's window waits longer than the max wait
+# (seconds). The dispatcher promotes a standard job above the premium band to keep both.
+SWITCHYARD_STANDARD_MIN_SHARE = {
+    ln.name: float(os.environ.get(f"SWITCHYARD_STANDARD_MIN_SHARE_{ln.name.upper()}") or 0.10)
+    for ln in _topology.LANES
+}
+SWITCHYARD_STANDARD_MAX_WAIT = {
+    ln.name: float(os.environ.get(f"SWITCHYARD_STANDARD_MAX_WAIT_{ln.name.upper()}") or 60)
+    for ln in _topology.LANES
+}
+SWITCHYARD_FAIR_SHARE_WINDOW = float(os.environ.get("SWITCHYARD_FAIR_SHARE_WINDOW") or 30)
 # A standard job is promoted this many seconds before its max wait runs out, to cover
 # the dispatcher's tick and one delivery.
 SWITCHYARD_STARVATION_MARGIN = float(os.environ.get("SWITCHYARD_STARVATION_MARGIN") or 10)
