@@ -32,6 +32,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Count, QuerySet
 
 from jobs.models import Job
@@ -141,6 +142,40 @@ def in_broker_counts(lanes: Iterable[str]) -> dict[tuple[str, str, object], int]
     rows = (Job.objects.filter(lane__in=lanes, published_at__isnull=False, status__in=WAITING)
             .order_by().values("lane", "tier", "tenant_id").annotate(n=Count("id")))
     return {(r["lane"], r["tier"], r["tenant_id"]): r["n"] for r in rows}
+
+
+_WAITING_SQL = "published_at IS NULL AND status IN ('queued', 'retrying')"
+#: The (tenant, lane, tier) keys that have unpublished waiting jobs, by a loose
+#: index scan of ``jobs_held``: one index probe per key, however many rows each
+#: key holds (a GROUP BY would read every held row on every pass).
+_HELD_KEYS = f"""
+WITH RECURSIVE keys AS (
+  (SELECT tenant_id, lane, tier FROM jobs_job
+   WHERE {_WAITING_SQL} AND tenant_id IS NOT NULL
+   ORDER BY tenant_id, lane, tier LIMIT 1)
+  UNION ALL
+  SELECT n.tenant_id, n.lane, n.tier FROM keys k, LATERAL (
+    SELECT tenant_id, lane, tier FROM jobs_job
+    WHERE {_WAITING_SQL} AND tenant_id IS NOT NULL
+      AND (tenant_id, lane, tier) > (k.tenant_id, k.lane, k.tier)
+    ORDER BY tenant_id, lane, tier LIMIT 1) n
+)
+SELECT tenant_id, lane, tier FROM keys
+UNION ALL
+SELECT DISTINCT tenant_id, lane, tier FROM jobs_job WHERE {_WAITING_SQL} AND tenant_id IS NULL
+"""
+
+
+def held_keys() -> list[tuple[str, str, object]]:
+    """``(lane, tier, tenant id)`` of every group with unpublished waiting jobs
+    (due or not: the release itself filters what is due)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_HELD_KEYS)
+            return [(lane, tier, tenant_id) for tenant_id, lane, tier in cursor.fetchall()]
+    rows = (Job.objects.filter(published_at__isnull=True, status__in=WAITING).order_by()
+            .values_list("lane", "tier", "tenant_id").distinct())
+    return list(rows)
 
 
 def must_hold(*, lane: str, tier: str, tenant) -> bool:

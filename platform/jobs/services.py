@@ -491,22 +491,27 @@ def job_publish_due(*, now: dt.datetime | None = None, limit: int = 500) -> int:
     only once.
     """
     now = now or timezone.now()
-    waiting = Job.objects.filter(published_at__isnull=True, status__in=fairness.WAITING)
-    groups = list(waiting.filter(_due(now)).order_by()
-                  .values("lane", "tier", "tenant_id").annotate(n=Count("id")))
-    if not groups:
+    keys = fairness.held_keys()
+    if not keys:
         return 0
-    windowed = {g["lane"] for g in groups if fairness.base_window(g["lane"])}
+    windowed = {lane for lane, _, _ in keys if fairness.base_window(lane)}
     published = fairness.in_broker_counts(windowed)
-    weights = dict(Tenant.objects.filter(id__in={g["tenant_id"] for g in groups})
+    weights = dict(Tenant.objects.filter(id__in={tenant_id for _, _, tenant_id in keys})
                    .values_list("id", "weight"))
+    # How many each group holds is not counted (that would read every held row):
+    # the release takes what is due, up to the room.
     plan = fairness.release_plan([
-        fairness.Group(key=(g["lane"], g["tier"], g["tenant_id"]), held=g["n"],
-                       in_broker=published.get((g["lane"], g["tier"], g["tenant_id"]), 0),
-                       window=fairness.tenant_window(g["lane"], weights.get(g["tenant_id"], 1)))
-        for g in groups], limit)
-    return sum(_release(lane, tier, tenant_id, take, now, weights.get(tenant_id, 1))
-               for (lane, tier, tenant_id), take in plan)
+        fairness.Group(key=key, held=limit, in_broker=published.get(key, 0),
+                       window=fairness.tenant_window(key[0], weights.get(key[2], 1)))
+        for key in keys], 10**9)
+    # The plan gives the order and each group's room; the pass's limit is spent on
+    # what is actually published (a group may have less due than its room).
+    left = limit
+    for (lane, tier, tenant_id), room in plan:
+        if left <= 0:
+            break
+        left -= _release(lane, tier, tenant_id, min(room, left), now, weights.get(tenant_id, 1))
+    return limit - left
 
 
 def _group_lock(lane: str, tier: str, tenant_id) -> bool:
