@@ -284,6 +284,18 @@ def test_a_standard_job_near_its_max_wait_is_promoted_whatever_the_share(lanes_e
     old, _ = job_submit(tenant=standard, task="demo.slow_task", params={"seconds": 0})
     young, _ = job_submit(tenant=standard, task="demo.slow_task", params={"seconds": 0})
     Job.objects.filter(id=old.id).update(published_at=timezone.now() - dt.timedelta(seconds=16))
+    # While only standard work runs in the lane, the old job waits behind its own tier:
+    # a promotion would not help it, so none is made
+    now = timezone.now()
+    Job.objects.create(tenant=standard, tenant_name=standard.name, task="demo.slow_task",
+                       lane="slow", tier="standard", priority=2, routing_key="x",
+                       submitted_at=now, started_at=now, status=Job.Status.STARTED)
+    assert job_promote_starved() == 0
+    # Once premium work runs there, the job nearing its max wait is promoted
+    premium = _tenant("p-busy")
+    Job.objects.create(tenant=premium, tenant_name=premium.name, task="demo.slow_task",
+                       lane="slow", tier="premium", priority=7, routing_key="x",
+                       submitted_at=now, started_at=now, status=Job.Status.STARTED)
     assert job_promote_starved() == 1
     old.refresh_from_db()
     young.refresh_from_db()

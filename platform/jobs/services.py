@@ -564,6 +564,10 @@ def _release(lane: str, tier: str, tenant_id, take: int, now: dt.datetime,
     return len(ready)
 
 
+#: Most standard jobs promoted in one lane by one check.
+MAX_PROMOTIONS = 100
+
+
 def job_promote_starved(*, now: dt.datetime | None = None) -> int:
     """Keep the standard tier's starvation bound in every lane; return the jobs promoted.
 
@@ -594,17 +598,21 @@ def job_promote_starved(*, now: dt.datetime | None = None) -> int:
             continue
         starts = dict(Job.objects.filter(lane=ln.name, started_at__gte=since).order_by()
                       .values_list("tier").annotate(n=Count("id")))
+        if sum(starts.values()) == starts.get(standard, 0):
+            # No premium work started here lately: standard waits behind standard
+            # only (its own backlog), which a promotion cannot shorten.
+            continue
         need = fairness.promotions_needed(
             starts_total=sum(starts.values()), starts_standard=starts.get(standard, 0),
             min_share=min_share,
             promoted_waiting=in_broker.filter(priority__gt=priorities.STANDARD.high).count(),
-            standard_waiting=waiting.count())
+            standard_waiting=len(waiting.values_list("id", flat=True)[:MAX_PROMOTIONS]))
         with transaction.atomic():
             chosen = []
             if overdue:
                 chosen = list(waiting.select_for_update(skip_locked=True)
                               .filter(published_at__lte=overdue_before)
-                              .order_by("published_at")[:100])
+                              .order_by("published_at")[:MAX_PROMOTIONS])
             if need > len(chosen):
                 chosen += list(waiting.select_for_update(skip_locked=True)
                                .exclude(id__in=[j.id for j in chosen])
