@@ -271,6 +271,12 @@ def test_a_starved_standard_job_is_promoted_and_its_old_copy_goes_stale(lanes_em
     assert second.headers[PUBLICATION_HEADER] == 1  # the stale copy, acknowledged unrun
     # And a second check does not promote it again
     assert job_promote_starved() == 0
+    # And if that run fails and waits for a retry, it goes out again in its own band
+    Job.objects.filter(id=job.id).update(status=Job.Status.RETRYING, published_at=None,
+                                         run_at=timezone.now())
+    assert job_publish_due() == 1
+    job.refresh_from_db()
+    assert job.priority == priorities.STANDARD.high and job.publications == 3
 
 
 @pytest.mark.rabbitmq

@@ -555,12 +555,19 @@ def _release(lane: str, tier: str, tenant_id, take: int, now: dt.datetime,
                 error="expired before it could be published")
             transaction.on_commit(lambda: job_events_for("expired", expired))
         if ready:
+            band = priorities.tier(tier)
+            # A job promoted once (jobs.fairness) and now waiting again (a retry, a
+            # lost run) goes back into its band: the next promotion is decided afresh.
+            demoted = [j.id for j in ready if j.priority > band.high]
             with app.producer_or_acquire() as producer:
                 for job in ready:
+                    job.priority = min(job.priority, band.high)
                     job.publications += 1
                     _publish(job, producer=producer, confirm_timeout=DISPATCH_CONFIRM_TIMEOUT)
             Job.objects.filter(id__in=[j.id for j in ready]).update(
                 published_at=now, publications=F("publications") + 1)
+            if demoted:
+                Job.objects.filter(id__in=demoted).update(priority=band.high)
     return len(ready)
 
 
