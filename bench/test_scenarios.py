@@ -1,4 +1,4 @@
-"""``make bench``: scenarios S1-S6, each against its baseline in the same run.
+"""``make bench``: scenarios S1-S8, each against its baseline in the same run.
 
 Switchyard runs as in production (role scripts: gunicorn web, one worker
 process per lane, the dispatcher, Flower), against this run's vhost and
@@ -93,6 +93,8 @@ def test_s1_quick_jobs_behind_a_slow_backlog(start_role, management, plain_worke
     # Switchyard: slow and quick lanes, each its own worker process.
     job_submit_bulk(tenant=tenant, jobs=[BulkJob("demo.slow_task", {"seconds": 1.0})] * backlog,
                     enforce_quotas=False)
+    # The dispatcher feeds the slow lane from the job table (fair-share windows).
+    dispatcher = start_role("dispatcher")
     slow = start_lane(start_role, management, "slow", SLOW_CONCURRENCY)
     quick = start_lane(start_role, management, "quick", QUICK_CONCURRENCY)
     harness.wait_for(lambda: Job.objects.filter(status="started").count() >= SLOW_CONCURRENCY,
@@ -108,6 +110,7 @@ def test_s1_quick_jobs_behind_a_slow_backlog(start_role, management, plain_worke
             for j in Job.objects.filter(id__in=ids)]
     slow.stop()
     quick.stop()
+    dispatcher.stop()
     _purge(lanes_empty, "slow", "quick")
 
     # Baseline: plain Celery, one queue and one worker for everything (the seed before its fix).
@@ -164,6 +167,7 @@ def test_s2_premium_overtakes_a_standard_backlog(start_role, management, plain_w
 
     job_submit_bulk(tenant=standard_tenant, jobs=[
         BulkJob("demo.slow_task", {"seconds": duration})] * backlog, enforce_quotas=False)
+    dispatcher = start_role("dispatcher")
     slow = start_lane(start_role, management, "slow", SLOW_CONCURRENCY)
     harness.wait_for(lambda: Job.objects.filter(status="started").count() >= 1, 60,
                      "slow workers busy", [slow])
@@ -175,6 +179,7 @@ def test_s2_premium_overtakes_a_standard_backlog(start_role, management, plain_w
         time.sleep(interval)
     harness.wait_for(lambda: _finished(ids) == premium, 120, "premium jobs", [slow], 0.2)
     slow.stop()
+    dispatcher.stop()
     jobs = list(Job.objects.filter(id__in=ids))
     ours = [(j.started_at - j.submitted_at).total_seconds() * 1000 for j in jobs]
     std_starts = [s.timestamp() for s in Job.objects.filter(
@@ -416,3 +421,139 @@ def test_s6_a_batch_accepted_and_completed_in_chunks(start_role, management, pla
            note=f"{len(body) / 1e6:.1f} MB body")
     record("S6", "items completed per second", ours, theirs, "items/s",
            note=f"baseline: one Celery task per item ({baseline_n:,} items, send + drain)")
+
+
+# S7 -----------------------------------------------------------------------------
+
+def _plain_waits(submitted: dict[str, float], done: dict, now: float) -> list[float]:
+    """Waits (ms) of plain Celery jobs: to their start, or so far if not finished
+    (a lower bound: the plain task records its start only when it ends)."""
+    return [((done[t][1] - sent) if t in done else (now - sent)) * 1000
+            for t, sent in submitted.items()]
+
+
+def test_s7_noisy_neighbour(start_role, management, plain_worker, lanes_empty):
+    """Tenant A floods the premium band of the slow lane; tenant B then submits 20."""
+    flood, probes, duration = scale(10_000, 300), scale(20, 6), 0.5
+    pace = duration * 1.25  # B asks for 80 % of its fair share (half the lane)
+    censor = scale(20, 5)
+    a, b = _tenant("s7-a", "premium"), _tenant("s7-b", "premium")
+
+    job_submit_bulk(tenant=a, jobs=[BulkJob("demo.slow_task", {"seconds": duration})] * flood,
+                    enforce_quotas=False)
+    roles = [start_role("dispatcher"), start_lane(start_role, management, "slow",
+                                                  SLOW_CONCURRENCY)]
+    harness.wait_for(lambda: Job.objects.filter(tenant=a, status="started").count()
+                     >= SLOW_CONCURRENCY, 60, "A's flood running", roles)
+    ids = []
+    for _ in range(probes):
+        ids.append(job_submit(tenant=b, task="demo.slow_task",
+                              params={"seconds": duration})[0].id)
+        time.sleep(pace)
+    harness.wait_for(lambda: Job.objects.filter(id__in=ids, started_at__isnull=False).count()
+                     == probes, 120, "B's jobs", roles, 0.2)
+    ours = [(j.started_at - j.submitted_at).total_seconds() * 1000
+            for j in Job.objects.filter(id__in=ids).order_by("submitted_at")]
+    for role in roles:
+        role.stop()
+    _purge(lanes_empty, "slow")
+
+    # Baseline: one priority queue, same ack (late) and prefetch (1), no fair sharing.
+    proc, app, timing_file = plain_worker(concurrency=SLOW_CONCURRENCY, priority=True,
+                                          acks_late=True, prefetch=1)
+    with app.producer_or_acquire() as producer:
+        for _ in range(flood):
+            app.send_task("plain.sleep", args=(duration, "a"), priority=7, producer=producer)
+    time.sleep(2)
+    submitted = {}
+    for _ in range(probes):
+        submitted[app.send_task("plain.sleep", args=(duration, "b"), priority=7).id] = time.time()
+        time.sleep(pace)
+    deadline = time.time() + censor
+    while time.time() < deadline and not all(t in timings(timing_file) for t in submitted):
+        time.sleep(0.5)
+    done = timings(timing_file)
+    theirs = _plain_waits(submitted, done, time.time())
+    finished = sum(1 for t in submitted if t in done)
+    expected = flood * duration / SLOW_CONCURRENCY
+
+    limit = 2 * duration * 1000
+    p99 = percentile(ours, 99)
+    record("S7", "B's queue wait p50", percentile(ours, 50), percentile(theirs, 50), "ms")
+    record("S7", "B's queue wait p99", p99, percentile(theirs, 99), "ms",
+           target=f"<= {limit:.0f} ms (2 slow tasks)", passed=p99 <= limit,
+           note=f"A: {flood:,} premium slow jobs ({duration * 1000:.0f} ms, {SLOW_CONCURRENCY} "
+                f"processes); B: {probes} premium jobs, one every {pace * 1000:.0f} ms. "
+                f"Baseline: {finished} of {probes} of B's jobs done {censor} s after the last; "
+                f"the others are counted at their wait so far (a lower bound; A's backlog "
+                f"alone takes about {expected:,.0f} s)")
+    record("S7", "B's first job's queue wait", ours[0] if ours else None,
+           theirs[0] if theirs else None, "ms")
+    distribution("S7 switchyard fair share, B's wait", ours)
+    distribution("S7 plain priority queue, B's wait", theirs)
+
+
+# S8 -----------------------------------------------------------------------------
+
+def test_s8_standard_under_a_premium_flood(start_role, management, plain_worker, lanes_empty,
+                                           settings):
+    """Premium work above the slow lane's capacity for 2 minutes, standard arriving steadily."""
+    span, duration, every = scale(120, 20), 0.5, 2.0
+    capacity = SLOW_CONCURRENCY / duration
+    flood = int(capacity * span * 2)  # twice what the lane can serve in the span
+    min_share = settings.SWITCHYARD_STANDARD_MIN_SHARE["slow"]
+    max_wait = settings.SWITCHYARD_STANDARD_MAX_WAIT["slow"]
+    premium, standard = _tenant("s8-prem", "premium"), _tenant("s8-std", "standard")
+
+    job_submit_bulk(tenant=premium, jobs=[BulkJob("demo.slow_task", {"seconds": duration})]
+                    * flood, enforce_quotas=False)
+    roles = [start_role("dispatcher"), start_lane(start_role, management, "slow",
+                                                  SLOW_CONCURRENCY)]
+    harness.wait_for(lambda: Job.objects.filter(status="started").count() >= SLOW_CONCURRENCY,
+                     60, "premium flood running", roles)
+    begin = timezone.now()
+    ids = []
+    while (timezone.now() - begin).total_seconds() < span:
+        ids.append(job_submit(tenant=standard, task="demo.slow_task",
+                              params={"seconds": duration})[0].id)
+        time.sleep(every)
+    end = timezone.now()
+    in_span = Job.objects.filter(lane="slow", started_at__gte=begin, started_at__lt=end)
+    total = in_span.count()
+    ours_share = in_span.filter(tier="standard").count() / total if total else float("nan")
+    jobs = list(Job.objects.filter(id__in=ids))
+    ours_wait = max(((j.started_at or end) - j.submitted_at).total_seconds() for j in jobs)
+    ours_unstarted = sum(1 for j in jobs if j.started_at is None)
+    for role in roles:
+        role.stop()
+    _purge(lanes_empty, "slow")
+
+    # Baseline: plain strict priority on one priority queue, the same load.
+    proc, app, timing_file = plain_worker(concurrency=SLOW_CONCURRENCY, priority=True,
+                                          acks_late=True, prefetch=1)
+    with app.producer_or_acquire() as producer:
+        for _ in range(flood):
+            app.send_task("plain.sleep", args=(duration, "prem"), priority=7, producer=producer)
+    time.sleep(2)
+    started_at = time.time()
+    submitted = {}
+    while time.time() - started_at < span:
+        submitted[app.send_task("plain.sleep", args=(duration, "std"), priority=2).id] = (
+            time.time())
+        time.sleep(every)
+    finished_at = time.time()
+    done = timings(timing_file)
+    in_window = [v for v in done.values() if started_at <= v[1] < finished_at]
+    theirs_share = (sum(1 for v in in_window if v[0] == "std") / len(in_window)
+                    if in_window else float("nan"))
+    theirs_wait = max(_plain_waits(submitted, done, finished_at)) / 1000
+
+    record("S8", "standard share of the lane's starts", ours_share * 100, theirs_share * 100,
+           "%", target=f">= {min_share * 100:.0f} %", passed=ours_share >= min_share,
+           note=f"{span} s of premium backlog ({flood:,} slow jobs of {duration * 1000:.0f} ms, "
+                f"{SLOW_CONCURRENCY} processes: {capacity:.0f} jobs/s) with a standard job every "
+                f"{every:.0f} s ({100 / (every * capacity):.1f} % of capacity); "
+                f"{ours_unstarted} standard job(s) not started at the end")
+    record("S8", "longest standard wait", ours_wait, theirs_wait, "s",
+           target=f"<= {max_wait:.0f} s", passed=ours_wait <= max_wait,
+           note="unstarted jobs count at their wait so far (baseline: all of them)")

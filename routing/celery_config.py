@@ -17,6 +17,10 @@ TIER_HEADER = "tier"
 #: Tenant name used for work the platform submits for itself (beat, retries of
 #: internal tasks). It is held to the standard band like any unknown tenant.
 SYSTEM_TENANT = "system"
+#: Set by the dispatcher on a copy of a job it promotes to keep the standard
+#: tier's starvation bound (jobs.fairness): the copy keeps its tier header and
+#: routing key but may carry a priority above its band, up to MAX_PRIORITY.
+PROMOTED_HEADER = "switchyard_promoted"
 
 
 class RoutingError(LookupError):
@@ -88,4 +92,11 @@ def enforce_on_publish(headers: MutableMapping[str, Any], properties: MutableMap
             tier_name = min(key_tier, tier_name, key=lambda n: priorities.tier(n).low)
     headers[TIER_HEADER] = tier_name
     headers.setdefault(TENANT_HEADER, SYSTEM_TENANT)
-    properties["priority"] = priorities.tier(tier_name).clamp(properties.get("priority"))
+    band = priorities.tier(tier_name)
+    if headers.get(PROMOTED_HEADER) and properties.get("priority") is not None:
+        # A promotion is the platform's own decision, never a caller's: only the
+        # dispatcher sets this header, on a copy that supersedes the job's last one.
+        properties["priority"] = min(max(int(properties["priority"]), band.low),
+                                     priorities.MAX_PRIORITY)
+        return
+    properties["priority"] = band.clamp(properties.get("priority"))

@@ -165,6 +165,9 @@ def test_flower_and_dashboard_show_per_queue_throughput_under_load(
         wait_until(lambda: browser.find_element(
             By.CSS_SELECTOR, '#sy-row-quick-premium [data-lane-field="consumers"]').text == "1",
             20, "Flower to show the quick lane's consumer", roles=roles, interval=0.5)
+        # Fair sharing: the quick lane's top tenant is the one submitting quick jobs.
+        wait_until(lambda: browser.find_elements(By.ID, "sy-tenant-quick-load-premium"), 20,
+                   "Flower to list the quick lane's top tenant", roles=roles, interval=0.5)
         browser.save_screenshot(str(SCREENSHOTS / "flower-queues.png"))
 
         # The dashboard: log in through the admin's form, as staff.
@@ -186,6 +189,9 @@ def test_flower_and_dashboard_show_per_queue_throughput_under_load(
             " ? document.querySelector('#chart-wait path').getAttribute('d') : ''"
         ).split("L")) >= 2, 30, "two refreshes on the wait chart", interval=0.5)
         assert _number(browser, "#tp-quick-premium") > 0
+        share = browser.find_elements(
+            By.CSS_SELECTOR, '#tenants tr[data-lane="quick"][data-tenant="load-premium"]')
+        assert share and share[0].text.split()[1] == "load-premium"
         browser.save_screenshot(str(SCREENSHOTS / "dashboard.png"))
     assert load.submitted > 0
     for role in roles:

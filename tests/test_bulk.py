@@ -243,6 +243,15 @@ def test_api_bulk_answers_202_with_every_job_confirmed(api, lanes_empty):
     assert len(_get_all(lanes_empty, "quick")) == 500
 
 
+def test_api_bulk_holds_slow_jobs_past_the_tenants_window(api, lanes_empty, settings):
+    settings.SWITCHYARD_FAIR_WINDOW = {"slow": 2, "quick": 0}
+    body = {"jobs": [{"task": "demo.slow_task", "params": {"seconds": 0}}] * 5}
+    answer = api.post("/api/v1/jobs/bulk", body, format="json").json()
+    assert {k: answer[k] for k in ("accepted", "published", "held", "scheduled")} == {
+        "accepted": 5, "published": 2, "held": 3, "scheduled": 0}
+    assert len(_get_all(lanes_empty, "slow")) == 2
+
+
 @pytest.mark.parametrize(("jobs", "field"), [
     ([{"task": "demo.quick_task"}, {"task": "nope"}], "jobs.1.task"),
     ([{"task": "demo.slow_task", "params": {"seconds": "long"}}], "jobs.0.params.seconds"),

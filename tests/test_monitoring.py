@@ -245,3 +245,37 @@ def test_every_metric_is_documented(db, no_broker_api):
     bases = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in _exported_names()}
     assert sorted(n for n in bases if f"`{n}" not in doc) == []
 
+
+
+@pytest.mark.django_db
+def test_each_lane_shows_its_top_tenants_share_and_the_rest_as_others(client, no_broker_api):
+    # Given 8 tenants that started 8, 7, ... 1 slow runs in the last minute, one with weight 3
+    now = timezone.now()
+    tenants = [Tenant.objects.create(name=f"t{i}", tier="premium", weight=3 if i == 0 else 1)
+               for i in range(8)]
+    for i, t in enumerate(tenants):
+        for _ in range(8 - i):
+            _job(t, lane="slow", submitted=now, started=now, finished=now)
+    _job(tenants[0], lane="slow", status="queued", submitted=now)  # held: unpublished
+    total = sum(range(1, 9))
+
+    # When an operator looks at the snapshot, the dashboard data and /metrics
+    shares = queue_snapshot(now=now).lane("slow").tenants
+    lanes = {ln["lane"]: ln for ln in
+             (User.objects.create_user("ops", password="pw", is_staff=True) and
+              client.login(username="ops", password="pw") and
+              client.get("/dashboard/data").json()["lanes"])}
+    text = scrape(client)
+
+    # Then the top 5 tenants by starts are listed with their share, the rest as "(others)"
+    assert [s.tenant for s in shares] == ["t0", "t1", "t2", "t3", "t4", "(others)"]
+    assert shares[0].share == round(8 / total, 4) and shares[0].weight == 3
+    assert (shares[0].waiting, shares[0].held) == (1, 1)
+    assert shares[-1].started == 3 + 2 + 1
+    assert [t["tenant"] for t in lanes["slow"]["tenants"]][:1] == ["t0"]
+    # And /metrics carries a bounded set of tenant series: top 5 and "(others)"
+    tenant_series = {dict(k[1])["tenant"] for k in samples(text)
+                     if k[0] == "switchyard_lane_tenant_share"}
+    assert tenant_series == {"t0", "t1", "t2", "t3", "t4", "(others)"}
+    assert value(text, "switchyard_lane_tenant_share", lane="slow", tenant="t0") == round(
+        8 / total, 4)

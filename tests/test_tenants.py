@@ -53,3 +53,29 @@ def test_duplicate_and_bad_names_are_refused_clearly():
 def test_tier_must_be_known():
     with pytest.raises(CommandError, match="invalid choice"):
         run_create("acme", "--tier", "gold")
+
+
+def test_an_operator_changes_weight_and_quotas_in_the_tenant_list(client):
+    from django.contrib.auth.models import User
+
+    # Given two tenants and a staff operator on the admin's tenant list
+    acme = Tenant.objects.create(name="acme", tier="premium")
+    globex = Tenant.objects.create(name="globex", tier="standard")
+    User.objects.create_superuser("ops", password="pw")
+    client.login(username="ops", password="pw")
+    page = client.get("/admin/tenants/tenant/").content.decode()
+    assert 'name="form-0-weight"' in page and 'name="form-0-max_queued_jobs"' in page
+
+    # When they edit acme's weight and quotas in the list and save
+    rows = {"form-TOTAL_FORMS": "2", "form-INITIAL_FORMS": "2", "_save": "Save"}
+    for i, (tenant, weight, queued, rate) in enumerate(
+            ((acme, 4, 500, 60), (globex, 1, 100_000, 6_000))):
+        rows.update({f"form-{i}-id": str(tenant.id), f"form-{i}-weight": str(weight),
+                     f"form-{i}-max_queued_jobs": str(queued),
+                     f"form-{i}-submissions_per_minute": str(rate)})
+    resp = client.post("/admin/tenants/tenant/", rows)
+
+    # Then the record changes at once (the dispatcher reads weights on each pass)
+    assert resp.status_code == 302, resp.content.decode()[-2000:]
+    acme.refresh_from_db()
+    assert (acme.weight, acme.max_queued_jobs, acme.submissions_per_minute) == (4, 500, 60)

@@ -313,6 +313,9 @@ class JobBulkSubmitApi(APIView):
         accepted = serializers.IntegerField(help_text="jobs recorded")
         published = serializers.IntegerField(help_text="jobs the broker confirmed")
         scheduled = serializers.IntegerField(help_text="jobs waiting for countdown/eta")
+        held = serializers.IntegerField(
+            help_text="jobs past the tenant's fair-share window; the dispatcher publishes them "
+                      "as the window frees")
         deferred = serializers.IntegerField(
             help_text="jobs the broker did not confirm in time; the dispatcher publishes them")
         dead = serializers.IntegerField(help_text="jobs no queue would take (unroutable)")
@@ -382,8 +385,9 @@ class JobBulkSubmitApi(APIView):
     @staticmethod
     def _render(outcome: BulkOutcome) -> dict:
         return {"accepted": outcome.accepted, "published": outcome.published,
-                "scheduled": outcome.scheduled, "deferred": outcome.deferred,
-                "dead": outcome.dead, "jobs": [str(job_id) for job_id in outcome.job_ids]}
+                "scheduled": outcome.scheduled, "held": outcome.held,
+                "deferred": outcome.deferred, "dead": outcome.dead,
+                "jobs": [str(job_id) for job_id in outcome.job_ids]}
 
 
 def _own_job(request, job_id) -> Job:

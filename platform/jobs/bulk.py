@@ -44,6 +44,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 import routing.celery_config as routing_celery
+from jobs import fairness
 from jobs.models import Job, PendingConfirm
 from jobs.services import (
     LINK_HEADER,
@@ -88,6 +89,7 @@ class BulkOutcome:
     job_ids: list[uuid.UUID]
     published: int = 0  # confirmed by the broker during the call
     scheduled: int = 0  # countdown/eta: the dispatcher publishes them when due
+    held: int = 0  # past the tenant's window (fair sharing): the dispatcher releases them
     deferred: int = 0  # recorded; the dispatcher publishes them (broker slow or away)
     dead: int = 0  # unroutable: no queue bound for their routing key
     broker_error: str = ""
@@ -198,6 +200,9 @@ class _Rows:
         self.index_of = {f.attname: i for i, f in enumerate(self.columns)}
         self.templates: dict[tuple[str, str], tuple[list[Any], _Template, Job]] = {}
         self.picks_lane: dict[str, bool] = {}
+        #: Free places in the tenant's window per lane (None: no window), read once.
+        self.room: dict[str, int | None] = {}
+        self.held = 0
 
     def lane(self, item: BulkJob) -> str:
         """The item's lane: the task's own, unless the task picks it from its
@@ -228,12 +233,28 @@ class _Rows:
                   "priority": self.tier.place(item.options.priority), "run_at": run_at,
                   "expires_at": expires_at, **run_option_values(item.options)}
         message = None
-        if run_at is None:
+        if run_at is None and self._hold(job.lane):
+            # Past the tenant's window: recorded due now, released by the dispatcher.
+            values["run_at"] = self.now
+            self.held += 1
+        elif run_at is None:
             values["published_at"], values["publications"] = self.now, 1
             message = template.message(job_id=str(job_id), params=item.params,
                                        priority=values["priority"], expires_at=expires_at,
                                        link=item.options.link is not None)
         return values, message, job
+
+    def _hold(self, lane: str) -> bool:
+        if lane not in self.room:
+            self.room[lane] = fairness.room_for(lane=lane, tier=self.tier.name,
+                                                tenant=self.tenant)
+        room = self.room[lane]
+        if room is None:
+            return False
+        if room <= 0:
+            return True
+        self.room[lane] = room - 1
+        return False
 
     def copy_row(self, values: dict[str, Any], job: Job) -> list[Any]:
         """A row for PostgreSQL's COPY: the template's, with this job's values."""
@@ -306,6 +327,7 @@ def job_submit_bulk(*, tenant: Tenant | None, jobs: Sequence[BulkJob],
     failure: BaseException | None = None
     try:
         for start in range(0, len(jobs), chunk):
+            held_before = rows.held
             built = [rows.build(ids[p], jobs[p], *schedules[p])
                      for p in range(start, min(start + chunk, len(jobs)))]
             messages = [message for _, message, _ in built if message is not None]
@@ -316,7 +338,7 @@ def job_submit_bulk(*, tenant: Tenant | None, jobs: Sequence[BulkJob],
                         created_at=now, job_ids=[m.key for m in messages]).id)
             outcome.job_ids.extend(ids[start:start + len(built)])
             _count_submitted(rows.tier.name, built)
-            outcome.scheduled += len(built) - len(messages)
+            outcome.scheduled += len(built) - len(messages) - (rows.held - held_before)
             if messages:
                 fed.extend(m.key for m in messages)
                 feed.put(messages)
@@ -325,6 +347,7 @@ def job_submit_bulk(*, tenant: Tenant | None, jobs: Sequence[BulkJob],
     finally:
         feed.put(None)
         report = publishing.result()
+    outcome.held = rows.held
     _settle(report, fed, outcome, pending)
     if failure is not None and not outcome.job_ids:
         raise failure

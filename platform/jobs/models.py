@@ -102,6 +102,20 @@ class Job(models.Model):
             models.Index(fields=["run_at"], name="jobs_unpublished_waiting",
                          condition=models.Q(published_at__isnull=True,
                                             status__in=["queued", "retrying"])),
+            # Fair sharing (jobs.fairness). Jobs in the broker (published, not
+            # started): a tenant's window, the standard jobs the dispatcher may
+            # promote. Small: at most the windows' sum in a windowed lane.
+            models.Index(fields=["lane", "tier", "published_at"], name="jobs_in_broker",
+                         condition=models.Q(published_at__isnull=False,
+                                            status__in=["queued", "retrying"])),
+            # A tenant's held jobs, in the order the dispatcher releases them.
+            models.Index(fields=["tenant", "lane", "tier", "-priority", "submitted_at"],
+                         name="jobs_held",
+                         condition=models.Q(published_at__isnull=True,
+                                            status__in=["queued", "retrying"])),
+            # Starts per lane over the last seconds: the standard tier's share.
+            models.Index(fields=["lane", "started_at"], name="jobs_lane_started",
+                         condition=models.Q(started_at__isnull=False)),
         ]
         constraints = [
             models.UniqueConstraint(fields=["tenant", "idempotency_key"], name="jobs_idempotency",

@@ -24,10 +24,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Min, Q, QuerySet
+from django.db.models import Count, F, Min, Q, QuerySet
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 import routing.celery_config as routing_celery
+from jobs import fairness
 from jobs.models import Job
 from jobs.signals import job_events_for, timing_headers
 from routing import priorities, topology
@@ -327,10 +329,12 @@ def _mark_published(job: Job) -> None:
                                          publications=job.publications)
 
 
-def _publish(job: Job, producer=None, **publish_options) -> None:
+def _publish(job: Job, producer=None, promoted: bool = False, **publish_options) -> None:
     headers = {routing_celery.TENANT_HEADER: job.tenant_name,
                routing_celery.TIER_HEADER: job.tier,
                PUBLICATION_HEADER: job.publications}
+    if promoted:
+        headers[routing_celery.PROMOTED_HEADER] = 1
     if job.link:
         headers[LINK_HEADER] = 1
     headers.update(timing_headers(job))  # observers time the wait (jobs.signals)
@@ -419,6 +423,10 @@ def job_submit(*, tenant: Tenant | None, task: str, params: Mapping[str, Any] | 
     run_at, expires_at = schedule_of(options, now)
     check_links(options)
     job = new_job(tenant=tenant, task=task, params=params, priority=options.priority, now=now)
+    if run_at is None and fairness.must_hold(lane=job.lane, tier=job.tier, tenant=tenant):
+        # The tenant's window in this lane is full: the job waits in the table,
+        # due now, and the dispatcher publishes it when the window frees.
+        run_at = now
     job.run_at, job.expires_at = run_at, expires_at
     apply_run_options(job, options)
     if idempotency_key:
@@ -434,7 +442,7 @@ def job_submit(*, tenant: Tenant | None, task: str, params: Mapping[str, Any] | 
                 check_quotas(tenant, now)
             job.save(force_insert=True)
             transaction.on_commit(lambda: job_events_for("submitted", [job]))
-            if run_at is None:
+            if job.run_at is None:
                 transaction.on_commit(lambda: _publish_after_commit(job))
     except IntegrityError:
         # A concurrent request with the same key won the insert.
@@ -485,26 +493,80 @@ def job_cancel(*, job: Job) -> Job:
 DISPATCH_CONFIRM_TIMEOUT = 10.0
 
 
+def _due(now: dt.datetime) -> Q:
+    return Q(run_at__lte=now) | Q(run_at__isnull=True, submitted_at__lte=now - PUBLISH_GRACE)
+
+
 def job_publish_due(*, now: dt.datetime | None = None, limit: int = 500) -> int:
     """Publish waiting jobs that are due and not yet published; return how many.
 
     Due means: ``run_at`` passed (countdown, eta, a retry's backoff, a batch
-    chunk), or an immediate job the web could not publish within
-    ``PUBLISH_GRACE``. Jobs whose expiry passed while they waited are marked
-    expired, not published. Rows are locked with SKIP LOCKED so several
-    dispatchers never publish the same job; a dispatcher dying between
-    publishing and committing republishes at most ``limit`` jobs
-    (at-least-once), and the worker's job_begin runs each only once.
+    chunk, a job held by its tenant's window), or an immediate job the web
+    could not publish within ``PUBLISH_GRACE``. Jobs are taken per tenant, tier
+    and lane (``jobs.fairness.release_plan``): in a lane with a window, only as
+    many as the tenant's window has room for, tenants furthest below their
+    share first. Jobs whose expiry passed while they waited are marked
+    expired, not published. Rows are locked with SKIP LOCKED (and each windowed
+    group with an advisory lock) so several dispatchers never publish the same
+    job; a dispatcher dying between publishing and committing republishes at
+    most ``limit`` jobs (at-least-once), and the worker's job_begin runs each
+    only once.
     """
     now = now or platform_now()
+    keys = fairness.held_keys()
+    if not keys:
+        return 0
+    windowed = {lane for lane, _, _ in keys if fairness.base_window(lane)}
+    published = fairness.in_broker_counts(windowed)
+    weights = dict(Tenant.objects.filter(id__in={tenant_id for _, _, tenant_id in keys})
+                   .values_list("id", "weight"))
+    # How many each group holds is not counted (that would read every held row):
+    # the release takes what is due, up to the room.
+    plan = fairness.release_plan([
+        fairness.Group(key=key, held=limit, in_broker=published.get(key, 0),
+                       window=fairness.tenant_window(key[0], weights.get(key[2], 1)))
+        for key in keys], 10**9)
+    # The plan gives the order and each group's room; the pass's limit is spent on
+    # what is actually published (a group may have less due than its room).
+    left = limit
+    for (lane, tier, tenant_id), room in plan:
+        if left <= 0:
+            break
+        left -= _release(lane, tier, tenant_id, min(room, left), now, weights.get(tenant_id, 1))
+    return limit - left
+
+
+def _group_lock(lane: str, tier: str, tenant_id) -> bool:
+    """Serialise dispatchers on one windowed group (PostgreSQL advisory lock,
+    released at commit); False if another dispatcher holds it."""
+    if connection.vendor != "postgresql":
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))",
+                       [f"switchyard-window:{lane}:{tier}:{tenant_id}"])
+        return bool(cursor.fetchone()[0])
+
+
+def _release(lane: str, tier: str, tenant_id, take: int, now: dt.datetime,
+             weight: int) -> int:
+    """Publish up to ``take`` of one group's due held jobs, highest priority and
+    oldest first; return how many were published."""
+    window = fairness.tenant_window(lane, weight)
     with transaction.atomic():
+        if window is not None:
+            if not _group_lock(lane, tier, tenant_id):
+                return 0
+            # Counted again under the lock: another dispatcher or the web may
+            # have published since the plan was made.
+            take = min(take, window - fairness.in_broker(lane, tier, tenant_id).count())
+            if take <= 0:
+                return 0
         due = list(
             Job.objects.select_for_update(skip_locked=True)
-            .filter(published_at__isnull=True,
-                    status__in=(Job.Status.QUEUED, Job.Status.RETRYING))
-            .filter(Q(run_at__lte=now) | Q(run_at__isnull=True,
-                                             submitted_at__lte=now - PUBLISH_GRACE))
-            .order_by("run_at", "submitted_at")[:limit]
+            .filter(lane=lane, tier=tier, tenant_id=tenant_id, published_at__isnull=True,
+                    status__in=fairness.WAITING)
+            .filter(_due(now))
+            .order_by("-priority", Coalesce("run_at", "submitted_at"))[:take]
         )
         expired, ready = [], []
         for job in due:
@@ -515,13 +577,90 @@ def job_publish_due(*, now: dt.datetime | None = None, limit: int = 500) -> int:
                 error="expired before it could be published")
             transaction.on_commit(lambda: job_events_for("expired", expired))
         if ready:
+            band = priorities.tier(tier)
+            # A job promoted once (jobs.fairness) and now waiting again (a retry, a
+            # lost run) goes back into its band: the next promotion is decided afresh.
+            demoted = [j.id for j in ready if j.priority > band.high]
             with app.producer_or_acquire() as producer:
                 for job in ready:
+                    job.priority = min(job.priority, band.high)
                     job.publications += 1
                     _publish(job, producer=producer, confirm_timeout=DISPATCH_CONFIRM_TIMEOUT)
             Job.objects.filter(id__in=[j.id for j in ready]).update(
                 published_at=now, publications=F("publications") + 1)
+            if demoted:
+                Job.objects.filter(id__in=demoted).update(priority=band.high)
     return len(ready)
+
+
+#: Most standard jobs promoted in one lane by one check.
+MAX_PROMOTIONS = 100
+
+
+def job_promote_starved(*, now: dt.datetime | None = None) -> int:
+    """Keep the standard tier's starvation bound in every lane; return the jobs promoted.
+
+    Per lane: the standard tier's share of the starts over the last
+    ``SWITCHYARD_FAIR_SHARE_WINDOW`` seconds is compared with
+    ``SWITCHYARD_STANDARD_MIN_SHARE`` (``jobs.fairness.promotions_needed``), and
+    standard jobs in the broker for longer than ``SWITCHYARD_STANDARD_MAX_WAIT``
+    less ``SWITCHYARD_STARVATION_MARGIN`` are overdue. Overdue jobs, then the
+    oldest other standard jobs in the broker, are published again above the
+    premium band with a higher publication number; the copy already queued is
+    then stale and acknowledged unrun. Only jobs in their tenant's window (in
+    the broker) are promoted: held jobs enter the window as it frees.
+    """
+    now = now or platform_now()
+    standard = priorities.STANDARD.name
+    since = now - dt.timedelta(seconds=settings.SWITCHYARD_FAIR_SHARE_WINDOW)
+    promoted = 0
+    for ln in topology.LANES:
+        min_share = settings.SWITCHYARD_STANDARD_MIN_SHARE.get(ln.name, 0.0)
+        max_wait = settings.SWITCHYARD_STANDARD_MAX_WAIT.get(ln.name, 0.0)
+        in_broker = Job.objects.filter(lane=ln.name, tier=standard, published_at__isnull=False,
+                                       status__in=fairness.WAITING)
+        waiting = in_broker.filter(priority__lte=priorities.STANDARD.high)
+        overdue_before = now - dt.timedelta(
+            seconds=max(0.0, max_wait - settings.SWITCHYARD_STARVATION_MARGIN))
+        overdue = max_wait > 0 and waiting.filter(published_at__lte=overdue_before).exists()
+        if not overdue and not (min_share > 0 and waiting.exists()):
+            continue
+        starts = dict(Job.objects.filter(lane=ln.name, started_at__gte=since).order_by()
+                      .values_list("tier").annotate(n=Count("id")))
+        if sum(starts.values()) == starts.get(standard, 0):
+            # No premium work started here lately: standard waits behind standard
+            # only (its own backlog), which a promotion cannot shorten.
+            continue
+        need = fairness.promotions_needed(
+            starts_total=sum(starts.values()), starts_standard=starts.get(standard, 0),
+            min_share=min_share,
+            promoted_waiting=in_broker.filter(priority__gt=priorities.STANDARD.high).count(),
+            standard_waiting=len(waiting.values_list("id", flat=True)[:MAX_PROMOTIONS]))
+        with transaction.atomic():
+            chosen = []
+            if overdue:
+                chosen = list(waiting.select_for_update(skip_locked=True)
+                              .filter(published_at__lte=overdue_before)
+                              .order_by("published_at")[:MAX_PROMOTIONS])
+            if need > len(chosen):
+                chosen += list(waiting.select_for_update(skip_locked=True)
+                               .exclude(id__in=[j.id for j in chosen])
+                               .order_by("published_at")[:need - len(chosen)])
+            if not chosen:
+                continue
+            with app.producer_or_acquire() as producer:
+                for job in chosen:
+                    job.publications += 1
+                    job.priority = fairness.PROMOTED_PRIORITY
+                    _publish(job, producer=producer, confirm_timeout=DISPATCH_CONFIRM_TIMEOUT,
+                             promoted=True)
+            Job.objects.filter(id__in=[j.id for j in chosen]).update(
+                priority=fairness.PROMOTED_PRIORITY, publications=F("publications") + 1)
+        promoted += len(chosen)
+        logger.info("lane %s: %d standard job(s) promoted (standard share %d of %d starts, "
+                    "overdue: %s)", ln.name, len(chosen), starts.get(standard, 0),
+                    sum(starts.values()), overdue)
+    return promoted
 
 
 #: Deliveries allowed beyond ``max_attempts`` for runs that never reported an

@@ -6,6 +6,7 @@ multiprocess bookkeeping and are never stale.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 from django.utils import timezone
@@ -17,6 +18,8 @@ from routing import priorities, topology
 from routing.management import ManagementError
 
 logger = logging.getLogger(__name__)
+#: Seconds of starts behind the per-tenant share gauge.
+SHARE_WINDOW = 300
 
 
 class QueueCollector(Collector):
@@ -74,3 +77,17 @@ class QueueCollector(Collector):
                 oldest.add_metric(list(key), max(0.0, (now - due).total_seconds()) if due else 0)
                 running.add_metric(list(key), runs.get(key, 0))
         yield from (waiting, oldest, running)
+
+        # Per-tenant share: bounded to the top tenants of each lane plus "(others)",
+        # so a scrape has at most (TOP_TENANTS + 1) series per lane, whatever the
+        # number of tenants (the counters above never carry a tenant label).
+        share = GaugeMetricFamily(
+            "switchyard_lane_tenant_share",
+            f"Share of the lane's runs started in the last {SHARE_WINDOW} s, for its top "
+            f"{snapshot.TOP_TENANTS} tenants by starts and '{snapshot.OTHERS}' for the rest.",
+            labels=["lane", "tenant"])
+        since = now - dt.timedelta(seconds=SHARE_WINDOW)
+        for lane, tenants in snapshot.tenant_shares(since).items():
+            for t in tenants:
+                share.add_metric([lane, t.tenant], t.share)
+        yield share

@@ -8,7 +8,8 @@ Two sources, each for what only it knows:
 * the job table (the system of record), per lane *and tier* (the broker cannot
   tell tiers apart inside a priority queue): jobs waiting and the oldest one's
   age, jobs running, jobs finished in the last minute and window, wait
-  percentiles. Each query uses an existing index: waiting jobs by
+  percentiles; per lane, the top tenants' share of the runs started in the
+  window (fair sharing, ``jobs.fairness``). Each query uses an existing index: waiting jobs by
   ``(lane, status)``, finished jobs by ``(status, finished_at)``, running jobs
   by the partial ``jobs_started`` index.
 
@@ -30,6 +31,7 @@ from django.utils import timezone
 from jobs.models import Job
 from routing import priorities, topology
 from routing.management import Management, ManagementError, vhost_of
+from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,25 @@ class TierStats:
 
 
 @dataclass
+class TenantShare:
+    """One of a lane's top tenants by runs started in the window; ``tenant`` is
+    ``(others)`` for the rest together."""
+
+    tenant: str
+    tier: str
+    started: int
+    share: float
+    weight: int | None = None
+    waiting: int = 0
+    held: int = 0
+
+
+#: Tenants shown per lane (dashboard, ``/metrics``); the rest are summed as ``(others)``.
+TOP_TENANTS = 5
+OTHERS = "(others)"
+
+
+@dataclass
 class LaneStats:
     lane: str
     ready: int | None = None
@@ -70,6 +91,7 @@ class LaneStats:
     publish_rate: float | None = None
     deliver_rate: float | None = None
     tiers: list[TierStats] = field(default_factory=list)
+    tenants: list[TenantShare] = field(default_factory=list)
 
     def tier(self, name: str) -> TierStats:
         return next(t for t in self.tiers if t.tier == name)
@@ -191,6 +213,43 @@ def throughput_series(now: dt.datetime, minutes: int
     return slots, series
 
 
+def tenant_shares(since: dt.datetime, top: int = TOP_TENANTS) -> dict[str, list[TenantShare]]:
+    """Per lane: the ``top`` tenants by runs started since ``since`` with their share
+    of the lane's starts, weight and jobs waiting (``held`` of them in the job
+    table, past their fair-share window), then ``(others)`` for the rest.
+    Starts are read on the ``jobs_lane_started`` index, waiting jobs on
+    ``(tenant, status)``."""
+    rows = (Job.objects.filter(started_at__gte=since).order_by()
+            .values("lane", "tenant_name", "tenant_id", "tier").annotate(n=Count("id")))
+    by_lane: dict[str, list[dict]] = {}
+    for r in rows:
+        by_lane.setdefault(r["lane"], []).append(r)
+    out: dict[str, list[TenantShare]] = {}
+    for lane, entries in by_lane.items():
+        total = sum(e["n"] for e in entries)
+        entries.sort(key=lambda e: (-e["n"], e["tenant_name"]))
+        shown, rest = entries[:top], entries[top:]
+        ids = [e["tenant_id"] for e in shown if e["tenant_id"] is not None]
+        weights = dict(Tenant.objects.filter(id__in=ids).values_list("id", "weight"))
+        waiting = {(r["tenant_id"], r["tier"]): (r["n"], r["held"]) for r in
+                   Job.objects.filter(lane=lane, tenant_id__in=ids, status__in=WAITING)
+                   .order_by().values("tenant_id", "tier")
+                   .annotate(n=Count("id"), held=Count("id", filter=Q(published_at__isnull=True)))}
+        shares = []
+        for e in shown:
+            n_waiting, n_held = waiting.get((e["tenant_id"], e["tier"]), (0, 0))
+            shares.append(TenantShare(tenant=e["tenant_name"], tier=e["tier"], started=e["n"],
+                                      share=round(e["n"] / total, 4),
+                                      weight=weights.get(e["tenant_id"]),
+                                      waiting=n_waiting, held=n_held))
+        if rest:
+            started = sum(e["n"] for e in rest)
+            shares.append(TenantShare(tenant=OTHERS, tier="", started=started,
+                                      share=round(started / total, 4)))
+        out[lane] = shares
+    return out
+
+
 def queue_snapshot(*, window: int = 300, series_minutes: int = 15,
                    now: dt.datetime | None = None, api: Management | None = None) -> Snapshot:
     """Everything a queue view shows, per lane (broker) and per lane and tier (job table).
@@ -211,11 +270,12 @@ def queue_snapshot(*, window: int = 300, series_minutes: int = 15,
     done_window = _finished_counts(since)
     waits = wait_percentiles(since)
     slots, series = throughput_series(now, series_minutes)
+    shares = tenant_shares(since)
 
     lanes = []
     for ln in topology.LANES:
         q, dead = queues.get(ln.queue), queues.get(ln.dead_queue)
-        lane = LaneStats(lane=ln.name)
+        lane = LaneStats(lane=ln.name, tenants=shares.get(ln.name, []))
         if q is not None:
             lane.ready = int(q.get("messages_ready", 0))
             lane.unacked = int(q.get("messages_unacknowledged", 0))

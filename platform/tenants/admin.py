@@ -15,7 +15,11 @@ class ApiTokenInline(admin.TabularInline):
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = ("name", "tier", "weight", "is_active", "created_at")
+    list_display = ("name", "tier", "weight", "max_queued_jobs", "submissions_per_minute",
+                    "is_active", "created_at")
+    # Changed at run time, no restart: the web reads the tenant per request, the
+    # dispatcher reads weights on every pass (fair-share windows, jobs.fairness).
+    list_editable = ("weight", "max_queued_jobs", "submissions_per_minute")
     list_filter = ("tier", "is_active")
     search_fields = ("name",)
     inlines = [ApiTokenInline]

@@ -11,6 +11,7 @@ from pathlib import Path
 import dj_database_url
 
 import routing.celery_config as routing_celery
+from routing import topology as _topology
 from routing.management import DEFAULT_BROKER_URL
 from routing.topology import DEFAULT_CONSUMER_TIMEOUT_MS
 
@@ -264,6 +265,34 @@ SWITCHYARD_PUBLISH_DEADLINE = float(os.environ.get("SWITCHYARD_PUBLISH_DEADLINE"
 SWITCHYARD_BULK_PUBLISH_DEADLINE = float(
     os.environ.get("SWITCHYARD_BULK_PUBLISH_DEADLINE") or 20)
 SWITCHYARD_BULK_CONFIRM_GRACE = float(os.environ.get("SWITCHYARD_BULK_CONFIRM_GRACE") or 120)
+# Fair sharing (jobs.fairness, docs/architecture.md#fair-sharing). Per lane, at most
+# max(1, round(window x tenant weight)) of a tenant's jobs of one tier are in the broker
+# at once; the rest wait in the job table ("held") and the dispatcher releases them as
+# the window frees. 0 turns the window off for the lane (the quick lane: short tasks,
+# latency first). The slow window is about the lane's concurrency, so a newcomer waits
+# behind at most one or two slow tasks of each backlogged tenant.
+_FAIR_WINDOW_DEFAULTS = {"slow": 2}  # other lanes: 0, no window
+SWITCHYARD_FAIR_WINDOW = {
+    ln.name: env_int(f"SWITCHYARD_FAIR_WINDOW_{ln.name.upper()}",
+                     _FAIR_WINDOW_DEFAULTS.get(ln.name, 0))
+    for ln in _topology.LANES
+}
+# Starvation bound for the standard tier, per lane: at least this share of the lane's
+# starts over SWITCHYARD_FAIR_SHARE_WINDOW seconds goes to standard work while some
+# waits, and no standard job in its tenant's window waits longer than the max wait
+# (seconds). The dispatcher promotes a standard job above the premium band to keep both.
+SWITCHYARD_STANDARD_MIN_SHARE = {
+    ln.name: float(os.environ.get(f"SWITCHYARD_STANDARD_MIN_SHARE_{ln.name.upper()}") or 0.10)
+    for ln in _topology.LANES
+}
+SWITCHYARD_STANDARD_MAX_WAIT = {
+    ln.name: float(os.environ.get(f"SWITCHYARD_STANDARD_MAX_WAIT_{ln.name.upper()}") or 60)
+    for ln in _topology.LANES
+}
+SWITCHYARD_FAIR_SHARE_WINDOW = float(os.environ.get("SWITCHYARD_FAIR_SHARE_WINDOW") or 30)
+# A standard job is promoted this many seconds before its max wait runs out, to cover
+# the dispatcher's tick and one delivery.
+SWITCHYARD_STARVATION_MARGIN = float(os.environ.get("SWITCHYARD_STARVATION_MARGIN") or 10)
 CELERY_TASK_PUBLISH_RETRY = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "max_retries": 2,

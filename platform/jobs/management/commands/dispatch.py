@@ -5,6 +5,11 @@ retry backoff is due, batch chunks, and jobs the web could not publish; every
 ``--reap-every`` seconds it also finds started jobs whose worker was lost
 (``jobs.services.job_reap_lost``) and bulk submissions whose submitter died
 before the broker confirmed them (``jobs.bulk.job_reclaim_unconfirmed``).
+It applies fair sharing (``jobs.fairness``): held jobs enter their tenant's
+window as it frees, and every ``--promote-every`` seconds standard jobs are
+promoted where the standard tier's starvation bound needs it. It keeps no
+state of its own: everything it decides from is in the job table, so killing
+it only delays work until another dispatcher (or its restart) runs a pass.
 Several may run at once (rows are locked with SKIP LOCKED on PostgreSQL);
 with SQLite run one.
 """
@@ -18,9 +23,11 @@ from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
 from jobs.bulk import job_reclaim_unconfirmed
-from jobs.services import job_publish_due, job_reap_lost
+from jobs.services import job_promote_starved, job_publish_due, job_reap_lost
 
 logger = logging.getLogger(__name__)
+#: Jobs published per pass at most.
+LIMIT = 500
 
 
 class Command(BaseCommand):
@@ -31,11 +38,15 @@ class Command(BaseCommand):
                             help="seconds between scans when nothing is due (default 0.2)")
         parser.add_argument("--reap-every", type=float, default=30.0,
                             help="seconds between scans for lost started jobs (default 30)")
+        parser.add_argument("--promote-every", type=float, default=1.0,
+                            help="seconds between checks of the standard tier's starvation "
+                                 "bound (default 1)")
         parser.add_argument("--once", action="store_true", help="one scan, then exit")
 
-    def handle(self, *args, interval: float, reap_every: float, once: bool, **options):
+    def handle(self, *args, interval: float, reap_every: float, promote_every: float,
+               once: bool, **options):
         stopping = False
-        next_reap = 0.0
+        next_reap = next_promote = 0.0
 
         def stop(signum, frame):
             nonlocal stopping
@@ -55,8 +66,14 @@ class Command(BaseCommand):
                 else:
                     if requeued or dead:
                         logger.warning("lost jobs: %d published again, %d dead", requeued, dead)
+            if time.monotonic() >= next_promote:
+                next_promote = time.monotonic() + promote_every
+                try:
+                    job_promote_starved()
+                except Exception:
+                    logger.exception("starvation check failed")
             try:
-                published = job_publish_due()
+                published = job_publish_due(limit=LIMIT)
             except Exception:  # broker or database away: say so, wait, try again
                 logger.exception("dispatch scan failed; retrying in 2 s")
                 published = 0
@@ -65,5 +82,7 @@ class Command(BaseCommand):
                 logger.info("published %d due job(s)", published)
             if once:
                 break
-            if not published:
+            # A full pass means more is due at once: go again. Otherwise wait,
+            # also after releasing a few held jobs (windows refill every tick).
+            if published < LIMIT:
                 time.sleep(interval)

@@ -59,6 +59,13 @@ def render(snap: Snapshot) -> str:
     for r in rows:
         out.append(line(v.ljust(w) if i < 2 else v.rjust(w)
                         for i, (v, w) in enumerate(zip(r, widths, strict=True))))
+    for lane in snap.lanes:
+        if lane.tenants:
+            out += ["", f"{lane.lane}: top tenants by runs started "
+                        f"({snap.window_seconds}s)  TENANT TIER WEIGHT SHARE STARTED WAITING HELD"]
+            for t in lane.tenants:
+                out.append(f"  {t.tenant:<24} {t.tier:<9} {_num(t.weight):>6} "
+                           f"{t.share * 100:5.1f}% {t.started:>7} {t.waiting:>7} {t.held:>7}")
     return "\n".join(out)
 
 

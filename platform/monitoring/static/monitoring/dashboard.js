@@ -56,8 +56,32 @@
     });
   }
 
+  function renderTenants(lanes) {
+    const body = document.querySelector("#tenants tbody");
+    const rows = [];
+    lanes.forEach(lane => (lane.tenants || []).forEach(t => {
+      const tr = document.createElement("tr");
+      tr.dataset.lane = lane.lane;
+      tr.dataset.tenant = t.tenant;
+      [lane.lane, t.tenant, t.tier, t.weight === null ? "–" : t.weight,
+       (t.share * 100).toFixed(1) + " %", t.started, t.waiting, t.held].forEach(v => {
+        const td = document.createElement("td");
+        td.textContent = v;
+        tr.appendChild(td);
+      });
+      rows.push(tr);
+    }));
+    if (!rows.length) {
+      const tr = document.createElement("tr");
+      tr.innerHTML = '<td colspan="8">no runs started in the window</td>';
+      rows.push(tr);
+    }
+    body.replaceChildren(...rows);
+  }
+
   function render(data) {
     const now = Date.parse(data.generated_at);
+    renderTenants(data.lanes);
     const names = [];
     data.lanes.forEach(lane => {
       ["ready", "unacked", "consumers", "dead_letters"].forEach(f => {
