@@ -133,9 +133,11 @@ def _job(tenant, *, lane="quick", tier="premium", status="succeeded", submitted,
 def test_snapshot_counts_throughput_waits_and_the_oldest_waiting_job(tenant, no_broker_api):
     now = timezone.now()
     s = dt.timedelta(seconds=1)
-    # Given 10 premium quick runs finished in the last minute, waits 1..10 s
+    # Given 10 premium quick runs finished in the last minute (in the current minute of the
+    # series too, however close to its start the test runs), waits 1..10 s
+    recent = max(now - 5 * s, now.replace(second=0, microsecond=0))
     for i in range(1, 11):
-        _job(tenant, submitted=now - 40 * s, started=now - 40 * s + i * s, finished=now - 5 * s)
+        _job(tenant, submitted=now - 40 * s, started=now - 40 * s + i * s, finished=recent)
     # ... one failed 3 minutes ago (wait 0.5 s), one delayed job due 2 s before it started
     _job(tenant, status="failed", submitted=now - 200 * s, started=now - 199.5 * s,
          finished=now - 180 * s)
