@@ -522,7 +522,7 @@ def test_s7_noisy_neighbour(start_role, management, plain_worker, lanes_empty):
 def test_s8_standard_under_a_premium_flood(start_role, management, plain_worker, lanes_empty,
                                            settings):
     """Premium work above the slow lane's capacity for 2 minutes, standard arriving steadily."""
-    span, duration, every = scale(120, 20), 0.5, 2.0
+    span, duration, every = scale(120, 10), 0.5, 2.0
     capacity = SLOW_CONCURRENCY / duration
     flood = int(capacity * span * 2)  # twice what the lane can serve in the span
     min_share = settings.SWITCHYARD_STANDARD_MIN_SHARE["slow"]
