@@ -62,7 +62,7 @@ lint: setup
 	$(BIN)/ruff check routing platform tests tools bench
 
 test: setup lint
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 # Figures, not assertions: one table of Switchyard against its baselines, measured in
 # the same run; var/bench/results.{txt,json} and latency.png. Run nothing else meanwhile.

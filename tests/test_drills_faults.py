@@ -90,11 +90,14 @@ def test_poison_jobs_cycle_while_the_lane_serves_every_other_job(
     ordinary = [job_submit(tenant=tenant, task="demo.witness_slow",
                            params={"seconds": 0.05})[0] for _ in range(40)]
     worker = start_worker(start_role, management, "slow", 2)
+    # the slow lane's fair-share window holds most of them in the table: the dispatcher
+    # publishes them as the window frees
+    dispatcher = start_role("dispatcher")
 
     # When the poison jobs cycle (three deliveries each) among the ordinary ones
     ids = [j.id for j in poison + ordinary]
     wait_until(lambda: all_finished(ids), 120, "every job to end", interval=0.2,
-               roles=[worker])
+               roles=[worker, dispatcher])
 
     # Then every ordinary job ran exactly once and each poison job is dead, in slow.dead
     wait_until(lambda: management.queue(settings.TEST_VHOST, "slow.dead")["messages"] == 3,
