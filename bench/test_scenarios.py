@@ -58,6 +58,23 @@ def _purge(broker_url: str, *queues: str) -> None:
             conn.default_channel.queue_purge(queue)
 
 
+def _plain_slow_flood(roles, broker_url: str, plain_worker, flood: int, duration: float,
+                      tag: str):
+    """Stop Switchyard's ``roles``, empty the slow lane, then start the plain Celery
+    baseline (one priority queue, late ack, prefetch 1) with ``flood`` premium sleeps
+    of ``duration`` queued: ``(worker process, app, timing file)``."""
+    for role in roles:
+        role.stop()
+    _purge(broker_url, "slow")
+    proc, app, timing_file = plain_worker(concurrency=SLOW_CONCURRENCY, priority=True,
+                                          acks_late=True, prefetch=1)
+    with app.producer_or_acquire() as producer:
+        for _ in range(flood):
+            app.send_task("plain.sleep", args=(duration, tag), priority=7, producer=producer)
+    time.sleep(2)
+    return proc, app, timing_file
+
+
 def _finished(ids) -> int:
     return Job.objects.filter(id__in=ids, finished_at__isnull=False).count()
 
@@ -463,17 +480,9 @@ def test_s7_noisy_neighbour(start_role, management, plain_worker, lanes_empty):
                      .count() == probes, 180, "C's burst", roles, 0.2)
     ours_burst = [(j.started_at - j.submitted_at).total_seconds() * 1000
                   for j in Job.objects.filter(id__in=burst)]
-    for role in roles:
-        role.stop()
-    _purge(lanes_empty, "slow")
-
     # Baseline: one priority queue, same ack (late) and prefetch (1), no fair sharing.
-    proc, app, timing_file = plain_worker(concurrency=SLOW_CONCURRENCY, priority=True,
-                                          acks_late=True, prefetch=1)
-    with app.producer_or_acquire() as producer:
-        for _ in range(flood):
-            app.send_task("plain.sleep", args=(duration, "a"), priority=7, producer=producer)
-    time.sleep(2)
+    proc, app, timing_file = _plain_slow_flood(roles, lanes_empty, plain_worker, flood,
+                                               duration, "a")
     submitted = {}
     for _ in range(probes):
         submitted[app.send_task("plain.sleep", args=(duration, "b"), priority=7).id] = time.time()
@@ -548,17 +557,9 @@ def test_s8_standard_under_a_premium_flood(start_role, management, plain_worker,
     jobs = list(Job.objects.filter(id__in=ids))
     ours_wait = max(((j.started_at or end) - j.submitted_at).total_seconds() for j in jobs)
     ours_unstarted = sum(1 for j in jobs if j.started_at is None)
-    for role in roles:
-        role.stop()
-    _purge(lanes_empty, "slow")
-
     # Baseline: plain strict priority on one priority queue, the same load.
-    proc, app, timing_file = plain_worker(concurrency=SLOW_CONCURRENCY, priority=True,
-                                          acks_late=True, prefetch=1)
-    with app.producer_or_acquire() as producer:
-        for _ in range(flood):
-            app.send_task("plain.sleep", args=(duration, "prem"), priority=7, producer=producer)
-    time.sleep(2)
+    proc, app, timing_file = _plain_slow_flood(roles, lanes_empty, plain_worker, flood,
+                                               duration, "prem")
     started_at = time.time()
     submitted = {}
     while time.time() - started_at < span:

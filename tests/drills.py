@@ -20,7 +20,10 @@ import dataclasses
 import json
 import os
 import subprocess
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pika
@@ -30,12 +33,19 @@ from django.db.models import Count
 from jobs.models import Job
 from routing import topology
 from tests.processes import wait_until
+from tests.test_platform import free_port, http_status
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = REPO / "var" / "drills" / "figures.json"
 
 #: How a job may end without a run and not count as lost.
 ACCOUNTED = (Job.Status.DEAD, Job.Status.EXPIRED, Job.Status.CANCELLED)
+
+
+def all_finished(job_ids) -> bool:
+    """Have all these jobs reached a final state?"""
+    return not Job.objects.filter(id__in=list(job_ids)).exclude(
+        status__in=Job.FINISHED).exists()
 
 
 def witnessed_runs(directory: Path) -> collections.Counter:
@@ -157,3 +167,68 @@ class memory_alarm:
         else:
             self._ctl("set_vm_memory_high_watermark", self.previous)
         wait_until(lambda: not self._alarmed(), 30, "the memory alarm to clear")
+
+
+class Flood:
+    """Threads posting ``demo.witness`` jobs to the web's API until stopped.
+
+    Each answer is kept as ``(status, seconds, job id or error)``; status 0 means
+    the request got no HTTP answer at all (refused, reset or timed out).
+    """
+
+    def __init__(self, port: int, key: str, threads: int = 4,
+                 params: dict | None = None) -> None:
+        self.url = f"http://127.0.0.1:{port}/api/v1/jobs"
+        self.key = key
+        self.params = params or {}
+        self.answers: list[tuple[int, float, str]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def post(self, **fields) -> tuple[int, float, str]:
+        """One submission; ``fields`` are added to the request body."""
+        body = json.dumps({"task": "demo.witness", "params": self.params,
+                           **fields}).encode()
+        req = urllib.request.Request(self.url, method="POST", data=body, headers={
+            "Authorization": f"Token {self.key}", "Content-Type": "application/json"})
+        began = time.monotonic()
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, time.monotonic() - began, json.loads(resp.read())["id"]
+        except urllib.error.HTTPError as exc:
+            return exc.code, time.monotonic() - began, exc.read().decode(errors="replace")[:200]
+        except OSError as exc:
+            return 0, time.monotonic() - began, repr(exc)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            answer = self.post()
+            with self._lock:
+                self.answers.append(answer)
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def accepted(self) -> list[str]:
+        return [ident for status, _, ident in self.answers if status == 202]
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.answers)
+
+
+def web_up(start_role, **env):
+    """The web role (gunicorn, 2 workers) on a free port, once it answers: ``(role, port)``."""
+    port = free_port()
+    web = start_role("web", WEB_BIND=f"127.0.0.1:{port}", WEB_WORKERS="2", **env)
+    wait_until(lambda: http_status(f"http://127.0.0.1:{port}/healthz") == 200, 60, "the web",
+               roles=[web])
+    return web, port

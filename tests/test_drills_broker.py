@@ -15,12 +15,9 @@ once would see each other's restart; CI runs one.
 """
 from __future__ import annotations
 
-import json
 import re
 import subprocess
-import threading
 import time
-import urllib.error
 from pathlib import Path
 
 import pytest
@@ -33,9 +30,9 @@ from jobs.services import PUBLISH_GRACE
 from tenants.models import Tenant
 from tenants.services import tenant_create
 from tests import drills
+from tests.drills import all_finished
 from tests.processes import wait_until
-from tests.test_lanes import consumers_on
-from tests.test_platform import free_port, http_status
+from tests.test_lanes import consumers_on, start_lane
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers]
 
@@ -71,11 +68,6 @@ def statuses(job_ids) -> dict[str, int]:
                 .annotate(n=Count("id")).order_by())
 
 
-def all_finished(job_ids) -> bool:
-    waiting = (Job.Status.QUEUED, Job.Status.STARTED, Job.Status.RETRYING)
-    return not Job.objects.filter(id__in=list(job_ids), status__in=waiting).exists()
-
-
 def test_kill_drill_workers_and_pool_children_sigkilled_lose_nothing(
         start_role, management, witness_dir):
     """SIGKILL pool children, then whole workers, while 2,000 quick jobs run."""
@@ -89,10 +81,7 @@ def test_kill_drill_workers_and_pool_children_sigkilled_lose_nothing(
     dispatcher = start_role("dispatcher")
 
     def worker():
-        role = start_role("worker", "quick", SWITCHYARD_QUICK_CONCURRENCY="4", **env)
-        wait_until(lambda: consumers_on(management, "quick") >= 1, 60, "a consumer on quick",
-                   roles=[role])
-        return role
+        return start_lane(start_role, management, "quick", 4, **env)
 
     current = worker()
     done = lambda: Job.objects.filter(  # noqa: E731
@@ -133,69 +122,6 @@ def test_kill_drill_workers_and_pool_children_sigkilled_lose_nothing(
     assert figures.duplicated <= len(kills) * 4  # at most the prefetched runs in flight
 
 
-
-class Flood:
-    """Threads posting ``demo.witness`` jobs to the web's API until stopped.
-
-    Each answer is kept as ``(status, seconds, job id or error)``; status 0 means
-    the request got no HTTP answer at all (refused, reset or timed out).
-    """
-
-    def __init__(self, port: int, key: str, threads: int = 4) -> None:
-        self.url = f"http://127.0.0.1:{port}/api/v1/jobs"
-        self.key = key
-        self.answers: list[tuple[int, float, str]] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def post(self, **fields) -> tuple[int, float, str]:
-        """One submission; ``fields`` are added to the request body."""
-        body = json.dumps({"task": "demo.witness", "params": {"seconds": 0.01},
-                           **fields}).encode()
-        req = urllib.request.Request(self.url, method="POST", data=body, headers={
-            "Authorization": f"Token {self.key}", "Content-Type": "application/json"})
-        began = time.monotonic()
-        try:
-            with urllib.request.urlopen(req, timeout=15) as resp:
-                return resp.status, time.monotonic() - began, json.loads(resp.read())["id"]
-        except urllib.error.HTTPError as exc:
-            return exc.code, time.monotonic() - began, exc.read().decode(errors="replace")[:200]
-        except OSError as exc:
-            return 0, time.monotonic() - began, repr(exc)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            answer = self.post()
-            with self._lock:
-                self.answers.append(answer)
-
-    def __enter__(self):
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def accepted(self) -> list[str]:
-        return [ident for status, _, ident in self.answers if status == 202]
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.answers)
-
-
-def web_up(start_role, **env):
-    port = free_port()
-    web = start_role("web", WEB_BIND=f"127.0.0.1:{port}", WEB_WORKERS="2", **env)
-    wait_until(lambda: http_status(f"http://127.0.0.1:{port}/healthz") == 200, 60, "the web",
-               roles=[web])
-    return web, port
-
-
 def flood_tenant(name: str) -> str:
     tenant, key = tenant_create(name=name, tier="premium")
     Tenant.objects.filter(id=tenant.id).update(submissions_per_minute=1_000_000)
@@ -232,7 +158,7 @@ def test_broker_restart_during_an_api_flood_loses_no_accepted_job(
     """``rabbitmqctl stop_app`` / ``start_app`` while four clients post jobs to the API."""
     key = flood_tenant("restartdrill")
     env = {"SWITCHYARD_WITNESS_DIR": str(witness_dir)}
-    web, port = web_up(start_role)
+    web, port = drills.web_up(start_role)
     roles = [web, start_role("dispatcher"),
              start_role("worker", "quick", SWITCHYARD_QUICK_CONCURRENCY="4", **env),
              start_role("worker", "slow", SWITCHYARD_SLOW_CONCURRENCY="2", **env)]
@@ -244,7 +170,7 @@ def test_broker_restart_during_an_api_flood_loses_no_accepted_job(
     tenant = Tenant.objects.get(name="restartdrill")
     slow = job_submit_bulk(tenant=tenant, enforce_quotas=False, jobs=[
         BulkJob(task="demo.witness_slow", params={"seconds": 6})] * 4).job_ids
-    with Flood(port, key) as flood:
+    with drills.Flood(port, key, params={"seconds": 0.01}) as flood:
         wait_until(lambda: flood.count() >= 200 and Job.objects.filter(
             id__in=slow, status=Job.Status.STARTED).count() == 2, 60,
             "the flood to get going and two slow jobs to start", roles=roles)
@@ -292,7 +218,7 @@ def test_every_role_recovers_when_the_broker_closes_all_its_connections(
     and beat reconnect by themselves, with nobody restarting them."""
     key = flood_tenant("closedrill")
     env = {"SWITCHYARD_WITNESS_DIR": str(witness_dir)}
-    web, port = web_up(start_role)
+    web, port = drills.web_up(start_role)
     roles = [web, start_role("dispatcher"),
              start_role("worker", "quick", SWITCHYARD_QUICK_CONCURRENCY="2", **env),
              start_role("worker", "slow", SWITCHYARD_SLOW_CONCURRENCY="1", **env),
@@ -300,7 +226,7 @@ def test_every_role_recovers_when_the_broker_closes_all_its_connections(
                         SWITCHYARD_VAR_DIR=str(tmp_path / "var"))]
     wait_until(lambda: consumers_on(management, "quick") >= 1 and
                consumers_on(management, "slow") >= 1, 60, "consumers on both lanes", roles=roles)
-    client = Flood(port, key)
+    client = drills.Flood(port, key, params={"seconds": 0.01})
 
     def submit_round(extra: dict | None = None) -> list[str]:
         ids = []
@@ -347,13 +273,10 @@ def test_memory_alarm_during_an_api_flood_answers_in_time_and_loses_nothing(
     """RabbitMQ's memory alarm blocks every publisher for about 8 s of a four-client flood."""
     key = flood_tenant("alarmdrill")
     env = {"SWITCHYARD_WITNESS_DIR": str(witness_dir)}
-    web, port = web_up(start_role)
-    roles = [web, start_role("dispatcher"),
-             start_role("worker", "quick", SWITCHYARD_QUICK_CONCURRENCY="4", **env)]
-    wait_until(lambda: consumers_on(management, "quick") >= 1, 60, "a quick consumer",
-               roles=roles)
+    web, port = drills.web_up(start_role)
+    roles = [web, start_role("dispatcher"), start_lane(start_role, management, "quick", 4, **env)]
     started = time.monotonic()
-    with Flood(port, key) as flood:
+    with drills.Flood(port, key, params={"seconds": 0.01}) as flood:
         wait_until(lambda: flood.count() >= 100, 60, "the flood to get going", roles=roles)
         # When the broker blocks publishers
         with drills.memory_alarm(management):

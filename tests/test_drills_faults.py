@@ -14,10 +14,7 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,11 +28,18 @@ from tenants.models import Tenant
 from tenants.services import tenant_create
 from tests import runbooks
 from tests.conftest import IN_CI
-from tests.drills import count, left_in_queues, record, witnessed_runs
+from tests.drills import (
+    Flood,
+    all_finished,
+    count,
+    left_in_queues,
+    record,
+    web_up,
+    witnessed_runs,
+)
 from tests.processes import BIN, REPO, Role, role_env, wait_until
 from tests.tcp_proxy import TcpProxy
-from tests.test_lanes import consumers_on
-from tests.test_platform import free_port
+from tests.test_lanes import consumers_on, start_lane
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers]
 
@@ -50,22 +54,6 @@ def witness_dir(tmp_path: Path) -> Path:
 def role_env_defaults(witness_dir: Path) -> dict[str, str]:
     """Every role of these drills notes its witness runs in the test's directory."""
     return {"SWITCHYARD_WITNESS_DIR": str(witness_dir)}
-
-
-def statuses(ids) -> dict[str, str]:
-    return {str(i): s for i, s in Job.objects.filter(id__in=list(ids)).values_list("id", "status")}
-
-
-def all_finished(ids) -> bool:
-    return all(s in Job.FINISHED for s in statuses(ids).values())
-
-
-def start_worker(start_role, management: Management, lane: str, concurrency: int, **env):
-    worker = start_role("worker", lane, **{f"SWITCHYARD_{lane.upper()}_CONCURRENCY":
-                                           str(concurrency), **env})
-    wait_until(lambda: consumers_on(management, lane) >= 1, 60, f"a consumer on {lane}",
-               roles=[worker])
-    return worker
 
 
 def queued_total(management: Management) -> int:
@@ -89,7 +77,7 @@ def test_poison_jobs_cycle_while_the_lane_serves_every_other_job(
               for _ in range(3)]
     ordinary = [job_submit(tenant=tenant, task="demo.witness_slow",
                            params={"seconds": 0.05})[0] for _ in range(40)]
-    worker = start_worker(start_role, management, "slow", 2)
+    worker = start_lane(start_role, management, "slow", 2)
     # the slow lane's fair-share window holds most of them in the table: the dispatcher
     # publishes them as the window frees
     dispatcher = start_role("dispatcher")
@@ -119,7 +107,7 @@ def test_a_job_that_always_raises_is_dead_lettered_after_its_attempts_and_replay
     started = time.monotonic()
     book = "poison-messages.md"
     operator = role_env(settings.CELERY_BROKER_URL)
-    roles = [start_worker(start_role, management, "quick", 2), start_role("dispatcher")]
+    roles = [start_lane(start_role, management, "quick", 2), start_role("dispatcher")]
     tenant = Tenant.objects.create(name="buggy", tier="premium")
     marker = tmp_path / "bug"
     marker.write_text("raise while this exists")
@@ -296,7 +284,7 @@ def test_a_publisher_clock_off_by_an_hour_changes_no_expiry_and_no_countdown(
     program = faketime()
     started = time.monotonic()
     Tenant.objects.create(name="skewed", tier="standard")
-    roles = [start_worker(start_role, management, "quick", 2), start_role("dispatcher")]
+    roles = [start_lane(start_role, management, "quick", 2), start_role("dispatcher")]
 
     # Given a submitting process whose clock is an hour off
     env = role_env(settings.CELERY_BROKER_URL)
@@ -371,44 +359,6 @@ def _through(url: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=f"{auth}@127.0.0.1:{port}"))
 
 
-class Flood:
-    """Clients submitting ``demo.witness`` jobs over HTTP, one request at a time each."""
-
-    def __init__(self, port: int, key: str, clients: int) -> None:
-        self.url = f"http://127.0.0.1:{port}/api/v1/jobs"
-        self.key = key
-        self.answers: list[tuple[int, float, str | None]] = []  # (status, seconds, job id)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-
-    def __enter__(self) -> Flood:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def _run(self) -> None:
-        body = json.dumps({"task": "demo.witness"}).encode()
-        while not self._stop.is_set():
-            request = urllib.request.Request(self.url, method="POST", data=body, headers={
-                "Authorization": f"Token {self.key}", "Content-Type": "application/json"})
-            began = time.monotonic()
-            try:
-                with urllib.request.urlopen(request, timeout=30) as resp:
-                    status, job_id = resp.status, json.loads(resp.read())["id"]
-            except urllib.error.HTTPError as exc:
-                status, job_id = exc.code, None
-            except OSError:
-                status, job_id = 0, None
-            with self._lock:
-                self.answers.append((status, time.monotonic() - began, job_id))
-
-
 @pytest.mark.parametrize("cut", ["reset", "black-hole"])
 def test_api_keeps_answering_through_a_broker_network_cut_and_loses_nothing(
         start_role, management, witness_dir, cut):
@@ -419,16 +369,14 @@ def test_api_keeps_answering_through_a_broker_network_cut_and_loses_nothing(
                                                max_queued_jobs=100_000)
     # Given a quick worker and a dispatcher on the broker, and the web reaching the broker
     # only through a proxy this test controls
-    roles = [start_worker(start_role, management, "quick", 2), start_role("dispatcher")]
+    roles = [start_lane(start_role, management, "quick", 2), start_role("dispatcher")]
     with TcpProxy((urlsplit(settings.CELERY_BROKER_URL).hostname or "127.0.0.1",
                    urlsplit(settings.CELERY_BROKER_URL).port or 5672)) as proxy:
-        port = free_port()
-        web = start_role("web", WEB_BIND=f"127.0.0.1:{port}", WEB_WORKERS="2",
-                         CELERY_BROKER_URL=_through(settings.CELERY_BROKER_URL, proxy.port))
-        wait_until(lambda: _ok(f"http://127.0.0.1:{port}/healthz"), 60, "web", roles=[web])
+        web, port = web_up(start_role,
+                           CELERY_BROKER_URL=_through(settings.CELERY_BROKER_URL, proxy.port))
 
         # When clients flood the API while the network is cut, then healed
-        with Flood(port, key, clients=2) as flood:
+        with Flood(port, key, threads=2) as flood:
             time.sleep(3)
             if cut == "reset":
                 proxy.refuse()  # every connection reset, every new one refused
@@ -449,7 +397,7 @@ def test_api_keeps_answering_through_a_broker_network_cut_and_loses_nothing(
     assert len(answers) - during > 5, "no request answered after healing"
 
     # And after healing every accepted job runs exactly once
-    ids = [job_id for _, _, job_id in answers]
+    ids = flood.accepted()
     wait_until(lambda: all_finished(ids), 90, "every accepted job to run", interval=0.5,
                roles=roles)
     late = Job.objects.filter(id__in=ids, publications__gt=0).extra(
@@ -466,13 +414,6 @@ def test_api_keeps_answering_through_a_broker_network_cut_and_loses_nothing(
     assert figures.executed == len(set(ids)) == len(ids)
     assert sum(witnessed_runs(witness_dir).values()) == len(ids)
 
-
-def _ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def test_the_proxy_really_cuts(broker_url):

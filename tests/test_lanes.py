@@ -30,9 +30,10 @@ def consumers_on(management, queue: str) -> int:
     return info.get("consumers", 0)
 
 
-def start_lane(start_role, management, lane: str, concurrency: int):
-    env = {f"SWITCHYARD_{lane.upper()}_CONCURRENCY": str(concurrency)}
-    worker = start_role("worker", lane, **env)
+def start_lane(start_role, management, lane: str, concurrency: int, **env):
+    """A worker of ``lane`` with ``concurrency`` processes, once it consumes."""
+    worker = start_role("worker", lane,
+                        **{f"SWITCHYARD_{lane.upper()}_CONCURRENCY": str(concurrency), **env})
     wait_until(lambda: consumers_on(management, lane) >= 1, 60, f"a consumer on {lane}",
                roles=[worker])
     return worker

@@ -94,16 +94,20 @@ def checksum(item: dict) -> str:
     return hashlib.sha256(item["data"].encode()).hexdigest()
 
 
+#: Parameters of the tasks that misbehave while a marker file exists.
+MARKER_SCHEMA = {
+    "type": "object",
+    "properties": {"marker": {"type": "string"}},
+    "required": ["marker"],
+    "additionalProperties": False,
+}
+
+
 @app.task(
     name="demo.poison",
     lane="slow",
     public=False,
-    params_schema={
-        "type": "object",
-        "properties": {"marker": {"type": "string"}},
-        "required": ["marker"],
-        "additionalProperties": False,
-    },
+    params_schema=MARKER_SCHEMA,
 )
 def poison(marker: str) -> str:
     """Kill the process running it while the file ``marker`` exists, as a segfault or
@@ -122,12 +126,7 @@ def poison(marker: str) -> str:
     lane="quick",
     bind=True,
     public=False,
-    params_schema={
-        "type": "object",
-        "properties": {"marker": {"type": "string"}},
-        "required": ["marker"],
-        "additionalProperties": False,
-    },
+    params_schema=MARKER_SCHEMA,
 )
 def failing(self, marker: str) -> str:
     """Raise while the file ``marker`` exists, as a bug would on every attempt; once the

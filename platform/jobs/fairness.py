@@ -183,15 +183,7 @@ def must_hold(*, lane: str, tier: str, tenant) -> bool:
     be published now? Yes when the tenant's window is full, or older jobs of
     its are already held (they go first). Two indexed reads, each stopping at
     the window's size; no read at all in a lane without a window."""
-    if tenant is None:
-        return False
-    window = tenant_window(lane, tenant.weight)
-    if window is None:
-        return False
-    if held(lane, tier, tenant.id).exists():
-        return True
-    published = in_broker(lane, tier, tenant.id).values_list("id", flat=True)[:window]
-    return len(published) >= window
+    return room_for(lane=lane, tier=tier, tenant=tenant) == 0
 
 
 def room_for(*, lane: str, tier: str, tenant) -> int | None:
