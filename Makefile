@@ -9,6 +9,9 @@ export PYTHONPATH := $(CURDIR)/platform:$(CURDIR)
 # Tests and benchmarks run on the local PostgreSQL (as CI does) unless told otherwise.
 LOCAL_POSTGRES := postgres://postgres@127.0.0.1:5432/switchyard
 test bench bench-quick bench-api bench-media bench-metrics: export DATABASE_URL ?= $(LOCAL_POSTGRES)
+# Development runs the demo tasks (also for a .env written before SWITCHYARD_DEMO_TASKS was in
+# .env.example; .env still wins under honcho). Production settings refuse it.
+run demo: export SWITCHYARD_DEMO_TASKS ?= 1
 
 .PHONY: help setup run test lint broker-check topology verify migrate demo docs clean bench \
 	bench-quick bench-api bench-metrics bench-media

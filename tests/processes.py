@@ -40,6 +40,8 @@ def role_env(broker_url: str, **extra: str) -> dict[str, str]:
         DATABASE_CONN_MAX_AGE="0",
         SWITCHYARD_LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
+        # The base settings leave the demo tasks out; the tests and drills submit them.
+        SWITCHYARD_DEMO_TASKS="1",
     )
     env.update(extra)
     return env

@@ -122,7 +122,8 @@ def test_flower_and_dashboard_show_per_queue_throughput_under_load(
     subprocess.run([sys.executable, str(REPO / "platform" / "manage.py"), "collectstatic",
                     "--noinput", "--verbosity", "0"], check=True, timeout=120,
                    env={**os.environ, "SWITCHYARD_VAR_DIR": str(var_dir),
-                        "DJANGO_SETTINGS_MODULE": "switchyard.settings.base"})
+                        "DJANGO_SETTINGS_MODULE": "switchyard.settings.base",
+                        "SWITCHYARD_DEMO_TASKS": "1"})
     web_port, flower_port = free_port(), free_port()
     flower_auth = "ops:flower-pw-for-this-test"
     roles = [

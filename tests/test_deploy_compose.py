@@ -157,6 +157,19 @@ def test_env_example_has_every_required_variable_as_a_placeholder():
         assert value.startswith("change-me") or value.endswith(":change-me"), name
 
 
+def test_demo_tasks_are_on_for_make_run_and_never_passed_to_a_container():
+    # .env (from .env.example) turns the demo tasks on for `make run`; compose reads the same
+    # file, but only to fill in ${...}: no service may pass the switch on (production
+    # settings would refuse to start), nor load .env wholesale.
+    example = dict(line.split("=", 1) for line in ENV_EXAMPLE.splitlines()
+                   if line and not line.startswith("#"))
+    assert example["SWITCHYARD_DEMO_TASKS"] == "1"
+    for name, service in SERVICES.items():
+        assert "SWITCHYARD_DEMO_TASKS" not in (service.get("environment") or {}), name
+        assert "env_file" not in service, name
+    assert "SWITCHYARD_DEMO_TASKS" not in COMPOSE_TEXT + DOCKERFILE
+
+
 def test_dev_env_replaces_every_placeholder_with_a_random_secret(tmp_path: Path):
     (tmp_path / ".env.example").write_text(ENV_EXAMPLE)
     env = {**os.environ, "PYTHON": "python3"}

@@ -57,8 +57,8 @@ def pod_specs() -> dict[str, dict]:
     return specs
 
 
-def rendered_secrets() -> list[dict]:
-    env = {**os.environ, "DJANGO_SECRET_KEY": "k" * 60,
+def rendered_secrets(**extra: str) -> list[dict]:
+    env = {**os.environ, **extra, "DJANGO_SECRET_KEY": "k" * 60,
            "DATABASE_URL": "postgres://switchyard:pw@db.internal:5432/switchyard",
            "FLOWER_BASIC_AUTH": "ops:a-long-flower-password"}
     env.update({g.password_variable: f"password-of-{g.role}-0123456789" for g in access.grants()})
@@ -296,6 +296,24 @@ def test_every_secret_and_key_referred_to_is_written_by_k8s_secrets():
     definitions = json.loads(secrets["switchyard-rabbitmq-definitions"]["stringData"][
         "definitions.json"])
     assert all(u["password_hash"] for u in definitions["users"])
+
+
+def test_no_pod_is_given_the_demo_tasks_switch():
+    # Production settings refuse SWITCHYARD_DEMO_TASKS. .env sets it for `make run`, and an
+    # operator may have sourced .env to run k8s-secrets: it must not reach a pod from there.
+    secrets = {s["metadata"]["name"]: s["stringData"]
+               for s in rendered_secrets(SWITCHYARD_DEMO_TASKS="1")}
+    config_maps = {name: c["data"] for name, c in of_kind("ConfigMap").items()}
+    for name, pod in pod_specs().items():
+        for container in pod["containers"]:
+            given = {var["name"] for var in container.get("env", [])}
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source:
+                    given |= set(config_maps[source["configMapRef"]["name"]])
+                if "secretRef" in source:
+                    given |= set(secrets[source["secretRef"]["name"]])
+            assert "DJANGO_SECRET_KEY" in given, f"{name}: the scan should see the secrets"
+            assert "SWITCHYARD_DEMO_TASKS" not in given, f"{name}/{container['name']}"
 
 
 def test_k8s_secrets_refuses_placeholders():

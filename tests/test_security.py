@@ -5,6 +5,7 @@ the environment a deploy gives: the repository holds no secret they would accept
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -83,6 +84,91 @@ def test_production_refuses_to_start_without_its_secrets(overrides, named):
     result = manage("check", env=production_env(**overrides))
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr and named in result.stderr
+
+
+#: Run in a process of its own with the settings under test: what a worker registers
+#: (it imports every installed app's tasks at start), and what a tenant sees of the API:
+#: the task catalogue, and the answer to a submission of the drill task demo.witness
+#: (made only where demo is not installed: it would need the database otherwise).
+DEMO_PROBE = """
+import json
+from django.conf import settings
+from django.urls import resolve
+from rest_framework.test import APIRequestFactory, force_authenticate
+from switchyard.celery import app
+from tenants.authentication import TenantPrincipal
+from tenants.models import Tenant
+
+app.loader.import_default_modules()
+tenant = Tenant(name="probe", tier="premium")
+
+def call(method, path, data=None):
+    request = getattr(APIRequestFactory(), method)(
+        path, data, format="json", secure=True, HTTP_HOST=settings.ALLOWED_HOSTS[0])
+    force_authenticate(request, user=TenantPrincipal(tenant), token=tenant)
+    response = resolve(path).func(request)
+    return [response.status_code, json.loads(json.dumps(response.data, default=str))]
+
+catalogue = call("get", "/api/v1/tasks")
+submitted = (None if "demo" in settings.INSTALLED_APPS
+             else call("post", "/api/v1/jobs", {"task": "demo.witness", "params": {}}))
+print(json.dumps({"apps": settings.INSTALLED_APPS, "registered": sorted(app.tasks),
+                  "catalogue": [catalogue[0], [t["name"] for t in catalogue[1]]],
+                  "submitted": submitted}))
+"""
+
+
+def demo_probe(env: dict[str, str]) -> dict:
+    result = manage("shell", "-c", DEMO_PROBE, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def base_env(tmp_path: Path, **overrides: str | None) -> dict[str, str]:
+    """The base settings (`make run`'s) with nothing of this test run's environment."""
+    return production_env(**{"DJANGO_SETTINGS_MODULE": "switchyard.settings.base",
+                             "DATABASE_URL": None, "CELERY_BROKER_URL": None,
+                             "SWITCHYARD_VAR_DIR": str(tmp_path), **overrides})
+
+
+def demo_names(names: list[str]) -> list[str]:
+    return [name for name in names if name.startswith("demo.")]
+
+
+@pytest.mark.parametrize("value", ["1", "true"])
+def test_production_refuses_to_start_with_demo_tasks(value):
+    result = manage("check", env=production_env(SWITCHYARD_DEMO_TASKS=value))
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and "SWITCHYARD_DEMO_TASKS" in result.stderr
+
+
+@pytest.mark.parametrize("value", [None, "0"], ids=["unset", "off"])
+def test_production_has_no_demo_task_a_tenant_could_submit(value):
+    # Given production settings as a deploy gives them
+    seen = demo_probe(production_env(SWITCHYARD_DEMO_TASKS=value))
+    # Then the task catalogue lists no demo task (but the real ones) ...
+    status, listed = seen["catalogue"]
+    assert status == 200 and demo_names(listed) == [] and "media.thumbnail" in listed
+    # ... submitting the drill task is refused as an unknown task ...
+    status, body = seen["submitted"]
+    assert status == 400 and "unknown task 'demo.witness'" in json.dumps(body)
+    # ... and no worker would run one: none is registered, the app is not installed
+    assert demo_names(seen["registered"]) == [] and "media.thumbnail" in seen["registered"]
+    assert "demo" not in seen["apps"]
+
+
+@pytest.mark.parametrize(("value", "installed"), [(None, False), ("0", False), ("1", True)],
+                         ids=["unset", "off", "on"])
+def test_base_settings_have_demo_tasks_only_when_switched_on(value, installed, tmp_path):
+    seen = demo_probe(base_env(tmp_path, SWITCHYARD_DEMO_TASKS=value))
+    assert ("demo" in seen["apps"]) is installed
+    assert "media.thumbnail" in seen["registered"] and "media.thumbnail" in seen["catalogue"][1]
+    if installed:
+        assert {"demo.quick_task", "demo.slow_task", "demo.witness"} <= set(seen["registered"])
+        assert {"demo.quick_task", "demo.slow_task"} <= set(seen["catalogue"][1])
+    else:
+        assert demo_names(seen["registered"]) == demo_names(seen["catalogue"][1]) == []
+        assert seen["submitted"][0] == 400
 
 
 @pytest.mark.django_db

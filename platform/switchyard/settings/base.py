@@ -40,6 +40,12 @@ ALLOWED_HOSTS = [
     h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h
 ]
 
+# The demo and drill tasks of platform/demo (demo.slow_task, demo.witness, demo.poison...):
+# any tenant could submit them, so they are installed only where this is on: `make run`
+# (.env.example) and the tests, never production (production.py refuses it).
+# docs/operations.md#django, docs/security.md
+SWITCHYARD_DEMO_TASKS = env_bool("SWITCHYARD_DEMO_TASKS", False)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -52,7 +58,7 @@ INSTALLED_APPS = [
     "tenants",
     "jobs",
     "media",
-    "demo",
+    *(["demo"] if SWITCHYARD_DEMO_TASKS else []),
     "monitoring",
 ]
 

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import env_bool
+from .base import INSTALLED_APPS, env_bool
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
 if len(SECRET_KEY) < 50:
@@ -20,6 +20,13 @@ _broker = urlsplit(os.environ.get("CELERY_BROKER_URL", ""))
 if not _broker.password or _broker.username in (None, "", "guest"):
     raise ImproperlyConfigured("CELERY_BROKER_URL must be set in production, with the role's "
                                "own RabbitMQ user and password (never guest)")
+# Demo tasks are never installed in production: demo.witness, demo.poison and the rest would
+# be any tenant's to submit (docs/security.md).
+if env_bool("SWITCHYARD_DEMO_TASKS", False):
+    raise ImproperlyConfigured("SWITCHYARD_DEMO_TASKS must not be set in production: it installs "
+                               "the demo tasks, which any tenant could submit")
+SWITCHYARD_DEMO_TASKS = False
+INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "demo"]
 
 DEBUG = False
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

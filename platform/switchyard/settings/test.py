@@ -11,7 +11,7 @@ import secrets
 from routing.management import with_vhost
 
 from .base import *  # noqa: F403
-from .base import CELERY_BROKER_URL, DATABASES, VAR_DIR
+from .base import CELERY_BROKER_URL, DATABASES, INSTALLED_APPS, VAR_DIR
 
 TEST_RUN_ID = os.environ.setdefault(
     "SWITCHYARD_TEST_RUN_ID", f"{os.getpid()}-{secrets.token_hex(3)}"
@@ -39,3 +39,9 @@ STORAGES["media"]["OPTIONS"] = {"location": str(SWITCHYARD_MEDIA_ROOT),  # noqa:
 
 # Quota tests write jobs behind the service's back and expect exact counts.
 SWITCHYARD_QUOTA_COUNT_TTL = 0.0
+
+# The tests submit demo tasks (demo.quick_task, the drills' demo.witness). Worker processes
+# they start run the base settings and get SWITCHYARD_DEMO_TASKS=1 from tests.processes.role_env.
+SWITCHYARD_DEMO_TASKS = True
+if "demo" not in INSTALLED_APPS:
+    INSTALLED_APPS = [*INSTALLED_APPS, "demo"]
