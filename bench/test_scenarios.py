@@ -24,7 +24,7 @@ from bench.harness import distribution, median, percentile, record, scale
 from bench.plain_celery import timings
 from jobs.bulk import BulkJob, _Rows, job_submit_bulk
 from jobs.models import Job
-from jobs.services import job_submit
+from jobs.submission import job_submit
 from routing import wire
 from tenants.models import Tenant
 from tenants.services import tenant_create

@@ -95,7 +95,7 @@ class Grant:
 
 
 def _lane_queues() -> list[str]:
-    return [ln.queue for ln in topology.LANES]
+    return [lane.queue for lane in topology.LANES]
 
 
 def publisher_grant(role: str, description: str) -> Grant:
@@ -132,7 +132,7 @@ def grants() -> list[Grant]:
         publisher_grant("dispatcher", "the dispatcher: publishes due and lost jobs to 'tasks'"),
         publisher_grant("beat", "celery beat: publishes the periodic jobs to 'tasks'"),
     ]
-    found += [worker_grant(ln) for ln in topology.LANES]
+    found += [worker_grant(lane) for lane in topology.LANES]
     celery = [re.escape(n) for n in (EVENT_EXCHANGE, CONTROL_EXCHANGE, REPLY_EXCHANGE)]
     found += [
         Grant(

@@ -29,18 +29,18 @@ class RoutingError(LookupError):
 
 def task_queues() -> list[Queue]:
     """Celery's ``task_queues``: the lane queues only (workers never consume ``.dead``)."""
-    return [topology.lane_queue_spec(ln.name).to_kombu() for ln in topology.LANES]
+    return [topology.lane_queue_spec(lane.name).to_kombu() for lane in topology.LANES]
 
 
 def route_for(task_name: str, lane_name: str, tier_name: str) -> dict[str, Any]:
     """Exchange, routing key and queue for ``task_name`` on ``lane_name`` for ``tier_name``."""
-    ln = topology.lane(lane_name)
+    lane = topology.lane(lane_name)
     tr = priorities.tier(tier_name)
     return {
         "exchange": topology.EXCHANGE_NAME,
         "exchange_type": "topic",
-        "routing_key": topology.routing_key(ln.name, tr.name, task_name),
-        "queue": ln.queue,
+        "routing_key": topology.routing_key(lane.name, tr.name, task_name),
+        "queue": lane.queue,
     }
 
 

@@ -215,9 +215,9 @@ def dead_queue_spec(lane_name: str) -> QueueSpec:
 def queue_specs() -> list[QueueSpec]:
     """Every queue of the topology: each lane, then its dead-letter queue."""
     specs: list[QueueSpec] = []
-    for ln in LANES:
-        specs.append(lane_queue_spec(ln.name))
-        specs.append(dead_queue_spec(ln.name))
+    for lane in LANES:
+        specs.append(lane_queue_spec(lane.name))
+        specs.append(dead_queue_spec(lane.name))
     return specs
 
 

@@ -13,8 +13,8 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from jobs.dispatch import job_publish_due
 from jobs.models import Job
-from jobs.services import job_publish_due
 from tenants.models import Tenant
 from tenants.services import tenant_create
 
@@ -122,7 +122,7 @@ def test_the_seeds_celery_retry_options_are_understood(acme):
     job = resp.json()
     assert job["max_attempts"] == 4
     assert job["retry_policy"]["interval_step"] == 0.2 and job["retry_policy"]["jitter"] is False
-    from jobs.services import RetryPolicy
+    from jobs.options import RetryPolicy
 
     policy = RetryPolicy(**job["retry_policy"])
     assert [policy.delay(n) for n in (1, 2, 3, 4)] == [0, 0.2, 0.4, 0.5]

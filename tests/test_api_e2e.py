@@ -12,7 +12,7 @@ from kombu import Connection
 from rest_framework.test import APIClient
 
 from jobs.models import Job
-from jobs.services import publish_job
+from jobs.publishing import publish_job
 from tenants.services import tenant_create
 from tests.processes import wait_until
 from tests.test_lanes import start_lane

@@ -11,9 +11,9 @@ import json
 import pytest
 from django.utils import timezone
 
-from jobs.batches import batch_prune_finished
 from jobs.models import Batch, Job
-from jobs.services import job_record_failure, job_record_success
+from jobs.outcomes import job_record_failure, job_record_success
+from jobs.retention import batch_prune_finished
 from tenants.models import Tenant
 from tests.test_api import client_for
 

@@ -11,19 +11,14 @@ from django.utils import timezone
 from kombu import Connection
 from rest_framework.test import APIClient
 
-from jobs.bulk import BulkJob, job_reclaim_unconfirmed, job_submit_bulk
+from jobs.bulk import BulkJob, job_submit_bulk
+from jobs.dispatch import job_publish_due, job_reclaim_unconfirmed
+from jobs.errors import InvalidSubmission, QuotaExceeded
 from jobs.models import Job, PendingConfirm
-from jobs.services import (
-    InvalidSubmission,
-    Link,
-    QuotaExceeded,
-    RetryPolicy,
-    SubmitOptions,
-    job_publish_due,
-    new_job,
-    publish_job,
-)
+from jobs.options import Link, RetryPolicy, SubmitOptions
+from jobs.publishing import publish_job
 from jobs.signals import DUE_HEADER, SUBMITTED_HEADER, job_event
+from jobs.submission import new_job
 from routing import topology, wire
 from tenants.models import Tenant
 from tenants.services import tenant_create
@@ -289,7 +284,7 @@ def test_the_wire_encoding_reads_back_through_amqp(lanes_empty):
 def test_reused_quota_counts_still_count_this_process_s_own_submissions(transactional_db,
                                                                           settings):
     # Counts are reused for SWITCHYARD_QUOTA_COUNT_TTL, plus what this process added
-    from jobs.services import _quota_cache, check_quotas
+    from jobs.quotas import _quota_cache, check_quotas
     settings.SWITCHYARD_QUOTA_COUNT_TTL = 60
     tenant = Tenant.objects.create(name="ttl", tier="standard", max_queued_jobs=5,
                                    submissions_per_minute=100)

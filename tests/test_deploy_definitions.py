@@ -178,7 +178,8 @@ def test_roles_run_end_to_end_with_their_own_logins(start_role, broker_vhost, ma
     import urllib.request
 
     from jobs.models import Job
-    from jobs.services import SubmitOptions, job_submit
+    from jobs.options import SubmitOptions
+    from jobs.submission import job_submit
     from tenants.models import Tenant
     from tests.processes import wait_until
 

@@ -21,7 +21,7 @@ import pytest
 from django.conf import settings
 
 from jobs.models import Job
-from jobs.services import job_submit
+from jobs.submission import job_submit
 from routing import topology
 from routing.management import Management, with_vhost
 from tenants.models import Tenant

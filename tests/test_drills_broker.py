@@ -26,7 +26,7 @@ from django.db.models import Count, F
 
 from jobs.bulk import BulkJob, job_submit_bulk
 from jobs.models import Job
-from jobs.services import PUBLISH_GRACE
+from jobs.publishing import PUBLISH_GRACE
 from tenants.models import Tenant
 from tenants.services import tenant_create
 from tests import drills

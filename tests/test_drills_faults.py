@@ -22,7 +22,8 @@ import pytest
 from django.conf import settings
 
 from jobs.models import Job
-from jobs.services import RetryPolicy, SubmitOptions, job_submit
+from jobs.options import RetryPolicy, SubmitOptions
+from jobs.submission import job_submit
 from routing.management import Management
 from tenants.models import Tenant
 from tenants.services import tenant_create
@@ -258,7 +259,8 @@ def test_a_broker_timeout_lowered_behind_switchyards_back_loses_nothing(
 
 SUBMIT_SCRIPT = """
 import json
-from jobs.services import SubmitOptions, job_submit
+from jobs.options import SubmitOptions
+from jobs.submission import job_submit
 from tenants.models import Tenant
 tenant = Tenant.objects.get(name="skewed")
 expiring, _ = job_submit(tenant=tenant, task="demo.witness", options=SubmitOptions(expires=300))

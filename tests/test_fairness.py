@@ -19,8 +19,10 @@ from kombu import Connection, Queue
 
 from jobs import fairness
 from jobs.bulk import BulkJob, job_submit_bulk
+from jobs.dispatch import job_promote_starved, job_publish_due
 from jobs.models import Job
-from jobs.services import PUBLICATION_HEADER, job_promote_starved, job_publish_due, job_submit
+from jobs.publishing import PUBLICATION_HEADER
+from jobs.submission import job_submit
 from routing import priorities
 from routing.celery_config import PROMOTED_HEADER
 from tenants.models import Tenant
@@ -30,8 +32,9 @@ from tests.test_lanes import start_lane
 # The rule (no database, no broker) ---------------------------------------------------
 
 groups_strategy = st.lists(
-    st.builds(lambda i, held, in_broker, window: fairness.Group(
-        key=i, held=held, in_broker=min(in_broker, window or in_broker), window=window),
+    st.builds(lambda i, unpublished, in_broker, window: fairness.Group(
+        key=i, unpublished=unpublished, in_broker=min(in_broker, window or in_broker),
+        window=window),
         st.integers(0, 10**6), st.integers(0, 500), st.integers(0, 50),
         st.one_of(st.none(), st.integers(1, 40))),
     max_size=30, unique_by=lambda g: g.key)
@@ -43,7 +46,7 @@ def test_release_plan_never_overfills_a_window_nor_the_pass(groups, limit):
     assert sum(plan.values()) <= limit
     for group in groups:
         take = plan.get(group.key, 0)
-        assert 0 <= take <= group.held
+        assert 0 <= take <= group.unpublished
         if group.window is not None:
             assert group.in_broker + take <= group.window
     # Work-conserving: with a large enough pass, every group gets all its room.
@@ -82,7 +85,7 @@ def _simulate_band(weights: dict[str, int], base: int, concurrency: int, starts:
     newcomer_wait = None
 
     def refill(tenants):
-        groups = [fairness.Group(key=t, held=10**9, in_broker=in_broker[t],
+        groups = [fairness.Group(key=t, unpublished=10**9, in_broker=in_broker[t],
                                  window=fairness.window_size(base, weights[t]))
                   for t in tenants]
         for t, take in fairness.release_plan(groups, 10**9):

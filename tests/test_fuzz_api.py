@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from jobs.batches import batch_submit
-from jobs.services import job_submit
+from jobs.submission import job_submit
 from media import storage
 from media.models import File
 from switchyard.wsgi import application

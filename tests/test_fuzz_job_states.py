@@ -32,21 +32,18 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from jobs.dispatch import job_publish_due, job_reap_lost
+from jobs.errors import NotCancellable
 from jobs.models import Job
-from jobs.recording import job_begin
-from jobs.services import (
+from jobs.options import RetryPolicy, SubmitOptions
+from jobs.outcomes import (
     LOST_DELIVERY_ALLOWANCE,
-    NotCancellable,
-    RetryPolicy,
-    SubmitOptions,
-    job_cancel,
-    job_publish_due,
-    job_reap_lost,
     job_record_dead,
     job_record_failure,
     job_record_success,
-    job_submit,
 )
+from jobs.submission import job_cancel, job_submit
+from jobs.task import job_begin
 from routing import priorities, topology
 from switchyard.celery import app
 from tenants.models import Tenant

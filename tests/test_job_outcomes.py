@@ -10,16 +10,11 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
+from jobs.dispatch import job_reap_lost
 from jobs.models import Job
-from jobs.services import (
-    Link,
-    RetryPolicy,
-    SubmitOptions,
-    job_reap_lost,
-    job_record_failure,
-    job_record_success,
-    job_submit,
-)
+from jobs.options import Link, RetryPolicy, SubmitOptions
+from jobs.outcomes import job_record_failure, job_record_success
+from jobs.submission import job_submit
 from routing import topology
 from tenants.services import tenant_create
 
@@ -103,7 +98,7 @@ def test_link_on_success_and_link_error_on_failure_submit_for_the_same_tenant(te
 
 
 def test_an_unknown_linked_task_is_refused_at_submission(tenant):
-    from jobs.services import InvalidSubmission
+    from jobs.errors import InvalidSubmission
 
     with pytest.raises(InvalidSubmission) as caught:
         job_submit(tenant=tenant, task="demo.quick_task",

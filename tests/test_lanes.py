@@ -16,7 +16,7 @@ from kombu import Connection, Exchange, Producer, Queue
 
 from jobs.bulk import BulkJob, job_submit_bulk
 from jobs.models import Job
-from jobs.services import job_submit
+from jobs.submission import job_submit
 from routing import topology
 from switchyard.worker import REASON_HEADER
 from tenants.models import Tenant

@@ -17,7 +17,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
 from jobs.models import Batch, Job
-from jobs.services import job_submit
+from jobs.submission import job_submit
 from media import services
 from media.images import ImageRefused, decode, thumbnail
 from media.models import File

@@ -18,7 +18,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from jobs.models import Job
-from jobs.services import job_submit
+from jobs.submission import job_submit
 from media.models import File
 from tenants.services import tenant_create
 from tests import media_support as img

@@ -19,7 +19,8 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs.models import Job
-from jobs.services import SubmitOptions, job_cancel, job_submit
+from jobs.options import SubmitOptions
+from jobs.submission import job_cancel, job_submit
 from monitoring.snapshot import percentile, queue_snapshot
 from tenants.models import Tenant
 
@@ -60,7 +61,7 @@ def scrape(client) -> str:
 @pytest.mark.django_db(transaction=True)
 def test_submissions_and_cancellations_are_counted_per_lane_tier_and_task(
         client, tenant, no_broker_api, monkeypatch):
-    monkeypatch.setattr("jobs.services._publish_after_commit", lambda job: None)
+    monkeypatch.setattr("jobs.submission.publish_after_commit", lambda job: None)
     labels = {"lane": "quick", "tier": "premium", "task": "demo.quick_task"}
     before = scrape(client)
     for _ in range(3):
@@ -98,7 +99,7 @@ def test_a_rolled_back_submission_is_not_counted_and_a_committed_one_is(tenant, 
 
     from jobs.signals import job_event
 
-    monkeypatch.setattr("jobs.services._publish_after_commit", lambda job: None)
+    monkeypatch.setattr("jobs.submission.publish_after_commit", lambda job: None)
     seen = []
     job_event.connect(lambda sender=None, **kw: seen.append(kw), dispatch_uid="probe",
                       weak=False)

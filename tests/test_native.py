@@ -64,7 +64,7 @@ def test_cheating_message_waits_behind_legitimate_work_of_its_band(start_role, m
                                                                    broker_url):
     # Given premium work queued legitimately, then a standard tenant's message
     # claiming priority 9 on the premium key, with no worker running yet
-    from jobs.services import job_submit
+    from jobs.submission import job_submit
 
     premium = Tenant.objects.create(name="payer", tier="premium")
     Tenant.objects.create(name="sneaky2", tier="standard")

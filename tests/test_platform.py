@@ -16,7 +16,8 @@ import pytest
 from django.conf import settings
 
 from jobs.models import Job
-from jobs.services import SubmitOptions, job_submit
+from jobs.options import SubmitOptions
+from jobs.submission import job_submit
 from tenants.models import Tenant
 from tests.processes import wait_until
 

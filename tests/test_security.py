@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from jobs.models import Job
-from jobs.services import job_submit
+from jobs.submission import job_submit
 from routing import priorities
 from tenants.models import Tenant
 from tenants.services import tenant_create

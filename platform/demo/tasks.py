@@ -15,8 +15,8 @@ import hashlib
 import os
 import time
 
+from jobs.batch_task import batch_task
 from jobs.models import Job
-from switchyard.batch import batch_task
 from switchyard.celery import app
 
 #: A slow task may not ask to sleep longer than its lane's soft limit allows.

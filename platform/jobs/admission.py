@@ -1,5 +1,8 @@
 """Admission of task messages that did not come through ``job_submit`` (Celery-native).
 
+Run by the worker: ``jobs.task.job_begin`` calls it for a delivery whose job id
+has no record yet.
+
 An internal service that already speaks Celery may publish straight to the
 ``tasks`` exchange with ``<lane>.<tier>.<task>`` and its tenant in the
 ``tenant`` header. RabbitMQ cannot authorise a message's priority property
@@ -26,14 +29,15 @@ import logging
 
 from celery.exceptions import Reject
 from django.db import IntegrityError
-from django.utils import timezone
 
 import routing.celery_config as routing_celery
 from jobs.models import Job
-from jobs.services import publish_job
+from jobs.publishing import publish_job
 from jobs.signals import job_events_for
 from routing import priorities, topology
+from switchyard.clock import platform_now
 from tenants.models import Tenant
+from tenants.selectors import tenant_by_name
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +60,13 @@ def job_admit_native(*, task, task_id: str, args, kwargs) -> bool:
     request = task.request
     delivery = request.delivery_info or {}
     tenant_name = getattr(request, routing_celery.TENANT_HEADER, None) or ""
-    now = timezone.now()
+    # The platform's clock: the dispatcher and promotion compare these times with it.
+    now = platform_now()
     job = Job(id=task_id, task=task.name, lane=task.lane, tenant_name=tenant_name[:63] or "-",
               params=jsonable(dict(kwargs or {})), submitted_at=now, published_at=now,
               expires_at=getattr(request, "expires", None) or None)
 
-    tenant = Tenant.objects.filter(name=tenant_name).first() if tenant_name else None
+    tenant = tenant_by_name(name=tenant_name) if tenant_name else None
     reason = None
     if tenant_name == routing_celery.SYSTEM_TENANT and not getattr(task, "public", True):
         tier = priorities.DEFAULT_TIER  # the platform's own periodic work

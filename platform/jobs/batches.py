@@ -1,4 +1,7 @@
-"""Batches: many items of one task, run as chunks, tracked from the chunks' records.
+"""Batches: many items of one task, run as chunks; submitting and cancelling them.
+
+Run by the web (``POST /api/v1/batches``, ``POST /api/v1/media/operations``).
+Progress and failed items are read from the chunks (``jobs.selectors``).
 
 A batch is accepted in one transaction: the ``Batch`` row and one ``Job`` per
 chunk (``params = {"items": [...]}``). No chunk is published by the request:
@@ -16,28 +19,18 @@ import datetime as dt
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Max, Min, Q, Sum
-from django.utils import timezone
 
+from jobs.errors import InvalidSubmission, NotCancellable
 from jobs.models import Batch, Job
-from jobs.services import (
-    CANCELLABLE,
-    InvalidSubmission,
-    NotCancellable,
-    SubmitOptions,
-    apply_run_options,
-    check_quotas,
-    fingerprint,
-    idempotent_replay,
-    new_job,
-    schedule_of,
-)
+from jobs.options import SubmitOptions, apply_run_options, fingerprint, schedule_of
+from jobs.quotas import check_quotas
 from jobs.signals import job_event_send
+from jobs.submission import idempotent_replay, new_job
 from routing import topology
 from switchyard.celery import app
 from switchyard.clock import platform_now
@@ -50,9 +43,6 @@ MAX_CHUNKS = 10_000
 
 #: ``Batch.lane`` of a batch whose chunks went to different lanes.
 MIXED_LANES = "mixed"
-#: Chunk states whose items all count as failed.
-CHUNK_FAILED = (Job.Status.FAILED, Job.Status.DEAD, Job.Status.EXPIRED)
-UNFINISHED = (Job.Status.QUEUED, Job.Status.STARTED, Job.Status.RETRYING)
 
 
 def max_items() -> int:
@@ -153,9 +143,9 @@ def _jsonable_options(options: SubmitOptions) -> dict:
 def batch_cancel(*, batch: Batch) -> int:
     """Cancel every chunk not started yet; return how many. Started chunks finish.
     ``NotCancellable`` if nothing was left to cancel."""
-    now = timezone.now()
+    now = platform_now()
     with transaction.atomic():
-        cancelled = Job.objects.filter(batch=batch, status__in=CANCELLABLE).update(
+        cancelled = Job.objects.filter(batch=batch, status__in=Job.WAITING).update(
             status=Job.Status.CANCELLED, finished_at=now, error="batch cancelled by its caller")
         if not cancelled:
             raise NotCancellable(f"batch {batch.id} has no chunk left that has not started")
@@ -175,110 +165,3 @@ def _count_chunks(event: str, batch: Batch, lanes) -> None:
     """Count a batch's chunks in the metrics under each chunk's own lane."""
     for lane, count in Counter(lanes).items():
         job_event_send(event, lane=lane, tier=batch.tier, task=batch.task, count=count)
-
-
-@dataclass(frozen=True)
-class Progress:
-    status: str
-    total: int
-    done: int
-    failed: int
-    cancelled: int
-    pending: int
-    percent: float
-    chunks: dict[str, int]
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    estimated_completion_at: dt.datetime | None
-
-
-def batch_progress(batch: Batch, *, now: dt.datetime | None = None) -> Progress:
-    """Where ``batch`` stands, read from its chunks in one aggregate query."""
-    now = now or timezone.now()
-    rows = (Job.objects.filter(batch=batch).order_by().values("status")
-            .annotate(chunks=Count("id"), items=Sum("item_count"),
-                      failed_items=Sum("failed_items"), first_start=Min("started_at"),
-                      last_finish=Max("finished_at")))
-    chunks = {status: 0 for status in Job.Status.values}
-    done = failed = cancelled = pending = 0
-    starts, finishes = [], []
-    for row in rows:
-        status, items = row["status"], row["items"] or 0
-        chunks[status] = row["chunks"]
-        if status == Job.Status.SUCCEEDED:
-            failed += row["failed_items"] or 0
-            done += items - (row["failed_items"] or 0)
-        elif status in CHUNK_FAILED:
-            failed += items
-        elif status == Job.Status.CANCELLED:
-            cancelled += items
-        else:
-            pending += items
-        if row["first_start"]:
-            starts.append(row["first_start"])
-        if row["last_finish"] and status not in UNFINISHED:
-            finishes.append(row["last_finish"])
-    total = batch.total_items
-    processed = done + failed + cancelled
-    started_at = min(starts) if starts else None
-    finished = pending == 0
-    if not finished:
-        status = "running" if started_at or processed else "queued"
-    elif batch.cancelled_at:
-        status = "cancelled"
-    elif failed == 0:
-        status = "succeeded"
-    elif done == 0:
-        status = "failed"
-    else:
-        status = "completed_with_failures"
-    estimate = None
-    if not finished and started_at and processed:
-        rate = processed / max((now - started_at).total_seconds(), 0.001)
-        estimate = now + dt.timedelta(seconds=pending / rate)
-    return Progress(status=status, total=total, done=done, failed=failed, cancelled=cancelled,
-                    pending=pending, percent=round(100.0 * processed / total, 2) if total else 100,
-                    chunks=chunks, started_at=started_at,
-                    finished_at=max(finishes) if finished and finishes else None,
-                    estimated_completion_at=estimate)
-
-
-def batch_failures(batch: Batch, *, after: int = -1, limit: int = 100
-                   ) -> tuple[list[dict], int | None]:
-    """Failed items in index order after index ``after``: ``[{index, item, error}]``
-    and the ``after`` of the next page (None at the end)."""
-    chunks = (Job.objects.filter(batch=batch)
-              .filter(Q(status=Job.Status.SUCCEEDED, failed_items__gt=0)
-                      | Q(status__in=CHUNK_FAILED))
-              .alias(end=F("item_offset") + F("item_count")).filter(end__gt=after + 1)
-              .order_by("chunk_index")
-              .only("status", "params", "result", "error", "item_offset"))
-    found: list[dict] = []
-    for chunk in chunks.iterator(chunk_size=50):
-        items = chunk.params.get("items", [])
-        if chunk.status == Job.Status.SUCCEEDED:
-            failures = [(f["index"], f["error"]) for f in (chunk.result or {}).get("failed", [])]
-        else:
-            reason = f"chunk {chunk.status}: {chunk.error}" if chunk.error else chunk.status
-            failures = [(i, reason) for i in range(len(items))]
-        for local, error in failures:
-            index = chunk.item_offset + local
-            if index <= after:
-                continue
-            if len(found) == limit:
-                return found, found[-1]["index"]
-            found.append({"index": index,
-                          "item": items[local] if local < len(items) else None,
-                          "error": error})
-    return found, None
-
-
-def batch_prune_finished(*, older_than: dt.timedelta) -> int:
-    """Delete batches (with their chunks) finished before ``older_than`` ago."""
-    cutoff = timezone.now() - older_than
-    ids = list(Batch.objects.annotate(
-        unfinished=Count("chunks", filter=Q(chunks__status__in=UNFINISHED)),
-        last_finish=Max("chunks__finished_at"),
-    ).filter(unfinished=0, last_finish__lt=cutoff).values_list("id", flat=True)[:1000])
-    Batch.objects.filter(id__in=ids).delete()
-    return len(ids)

@@ -1,5 +1,8 @@
 """Bulk submission: thousands of jobs recorded and published in one call.
 
+Run by the web (``POST /api/v1/jobs/bulk``) and the platform's tools (``manage.py
+flood``, the benchmarks).
+
 ``job_submit`` spends one database transaction and one confirmed publish per
 job (about a thousand a second). A service handing over 100,000 jobs needs the
 same guarantees at ten times the rate:
@@ -16,7 +19,7 @@ same guarantees at ten times the rate:
 
 If the process dies between 2 and 4, the dispatcher finds the old
 ``PendingConfirm`` row and publishes its still-queued jobs again
-(``job_reclaim_unconfirmed``); a copy that did reach the broker is then older
+(``jobs.dispatch.job_reclaim_unconfirmed``); a copy that did reach the broker is then older
 than the job's publication number and is acknowledged unrun.
 
 The call answers only when the broker has confirmed each job, or its deadline
@@ -26,7 +29,6 @@ publish (``deferred``). No job is reported published before its confirm.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime as dt
 import json
@@ -41,37 +43,24 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.utils import timezone
+from django.db.models.functions import Now
 
-import routing.celery_config as routing_celery
 from jobs import fairness
+from jobs.catalogue import task_lane
+from jobs.errors import InvalidSubmission, UnknownTask
 from jobs.models import Job, PendingConfirm
-from jobs.services import (
-    LINK_HEADER,
-    PUBLICATION_HEADER,
-    InvalidSubmission,
-    SubmitOptions,
-    UnknownTask,
-    check_links,
-    check_quotas,
-    new_job,
-    run_option_values,
-    schedule_of,
-    task_lane,
-)
-from jobs.signals import job_event_send, job_events_for, timing_headers
+from jobs.options import SubmitOptions, check_links, run_option_values, schedule_of
+from jobs.publishing import MessageTemplate
+from jobs.quotas import check_quotas
+from jobs.signals import job_event_send, job_events_for
+from jobs.submission import new_job
+from jobs.task import SwitchyardTask
 from routing import priorities, topology, wire
-from switchyard.celery import SwitchyardTask, app
+from switchyard.celery import app
 from switchyard.clock import platform_now
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
-
-#: Per-message header entries; everything else comes from the template.
-_VARIABLE_HEADERS = ("id", "root_id", "expires", "kwargsrepr", LINK_HEADER)
-_KWARGSREPR_MAX = 1024  # Celery's argsrepr_maxsize
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-
 
 @dataclass(frozen=True)
 class BulkJob:
@@ -97,64 +86,6 @@ class BulkOutcome:
     @property
     def accepted(self) -> int:
         return len(self.job_ids)
-
-
-class _CapturingProducer:
-    """Stands in for a kombu producer so ``send_task`` hands over the message it
-    would publish instead of publishing it."""
-
-    def __init__(self) -> None:
-        self.connection = self
-        self.published: list[tuple[Any, dict[str, Any]]] = []
-
-    def _reraise_as_library_errors(self):
-        return contextlib.nullcontext()
-
-    def publish(self, body, **kwargs) -> None:
-        if kwargs.get("exchange") != "celeryev":  # the task-sent event
-            self.published.append((body, kwargs))
-
-
-@dataclass
-class _Template:
-    """One task's message for one tenant, from Celery itself."""
-
-    exchange: str
-    routing_key: str
-    constant_entries: bytes
-    properties: wire.Properties
-
-    @classmethod
-    def build(cls, job: Job) -> _Template:
-        capture = _CapturingProducer()
-        # Timing headers are constant too: a message is only built for a job due
-        # now, and every job of a submission shares its submission time.
-        app.send_task(job.task, kwargs={}, task_id=str(job.id), priority=job.priority,
-                      headers={"tenant": job.tenant_name, "tier": job.tier,
-                               PUBLICATION_HEADER: 1, **timing_headers(job)},
-                      producer=capture,
-                      **routing_celery.route_for(job.task, job.lane, job.tier))
-        (_, sent), = capture.published
-        headers = {k: v for k, v in sent["headers"].items() if k not in _VARIABLE_HEADERS}
-        return cls(exchange=sent["exchange"], routing_key=sent["routing_key"],
-                   constant_entries=wire.encode_table_entries(headers),
-                   properties=wire.Properties(delivery_mode=sent["delivery_mode"],
-                                              reply_to=sent.get("reply_to")))
-
-    def message(self, *, job_id: str, params: Mapping[str, Any], priority: int,
-                expires_at: dt.datetime | None, link: bool) -> wire.Outgoing:
-        variable = {"id": job_id, "root_id": job_id,
-                    "expires": None,  # checked on the job record (switchyard.celery)
-                    "kwargsrepr": repr(params)[:_KWARGSREPR_MAX]}
-        if link:
-            variable[LINK_HEADER] = 1
-        entries = self.constant_entries + wire.encode_table_entries(variable)
-        body = json.dumps([[], params, _EMBED]).encode()
-        return wire.Outgoing(key=job_id, exchange=self.exchange, routing_key=self.routing_key,
-                             properties=self.properties.encode(header_entries=entries,
-                                                               priority=priority,
-                                                               correlation_id=job_id),
-                             body=body)
 
 
 def _validate(jobs: Sequence[BulkJob], now: dt.datetime):
@@ -198,7 +129,7 @@ class _Rows:
         self.tier = priorities.tier(tenant.tier) if tenant else priorities.DEFAULT_TIER
         self.columns = list(Job._meta.concrete_fields)
         self.index_of = {f.attname: i for i, f in enumerate(self.columns)}
-        self.templates: dict[tuple[str, str], tuple[list[Any], _Template, Job]] = {}
+        self.templates: dict[tuple[str, str], tuple[list[Any], MessageTemplate, Job]] = {}
         self.picks_lane: dict[str, bool] = {}
         #: Free places in the tenant's window per lane (None: no window), read once.
         self.room: dict[str, int | None] = {}
@@ -214,7 +145,7 @@ class _Rows:
                 type(task).lane_for is not SwitchyardTask.lane_for)
         return task.lane_for(item.params, tenant=self.tenant) if picks else task.lane
 
-    def template(self, task: str, lane: str) -> tuple[list[Any], _Template, Job]:
+    def template(self, task: str, lane: str) -> tuple[list[Any], MessageTemplate, Job]:
         cached = self.templates.get((task, lane))
         if cached is None:
             job = new_job(tenant=self.tenant, task=task, params={}, priority=None, now=self.now)
@@ -222,7 +153,7 @@ class _Rows:
             job.routing_key = topology.routing_key(job.lane, job.tier, task)
             row = [f.get_db_prep_save(f.pre_save(job, add=True), connection)
                    for f in self.columns]
-            cached = self.templates[(task, lane)] = (row, _Template.build(job), job)
+            cached = self.templates[(task, lane)] = (row, MessageTemplate.build(job), job)
         return cached
 
     def build(self, job_id: uuid.UUID, item: BulkJob, run_at, expires_at):
@@ -411,7 +342,7 @@ def _settle(report: wire.PublishReport, fed: list[str], outcome: BulkOutcome,
                            report.error or "refused")
         if report.returned:
             outcome.dead = Job.objects.filter(id__in=report.returned).update(
-                status=Job.Status.DEAD, finished_at=timezone.now(),
+                status=Job.Status.DEAD, finished_at=Now(),
                 error="unroutable: no queue is bound for its routing key")
             logger.error("bulk submission: %d job(s) unroutable, marked dead",
                          len(report.returned))
@@ -423,25 +354,3 @@ def _settle(report: wire.PublishReport, fed: list[str], outcome: BulkOutcome,
 def _parts(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]
-
-
-def job_reclaim_unconfirmed(*, now: dt.datetime | None = None) -> int:
-    """Set back to unpublished the still-queued jobs of ``PendingConfirm`` rows
-    older than ``SWITCHYARD_BULK_CONFIRM_GRACE`` (their submitter died before
-    hearing the broker), so the dispatcher publishes them; return how many."""
-    now = now or timezone.now()
-    horizon = now - dt.timedelta(seconds=settings.SWITCHYARD_BULK_CONFIRM_GRACE)
-    reclaimed = 0
-    with transaction.atomic():
-        stale = list(PendingConfirm.objects.select_for_update(skip_locked=True)
-                     .filter(created_at__lte=horizon)[:20])
-        for row in stale:
-            for part in _parts(row.job_ids, 5000):
-                reclaimed += Job.objects.filter(
-                    id__in=part, status=Job.Status.QUEUED, published_at__isnull=False,
-                ).update(published_at=None)
-        PendingConfirm.objects.filter(id__in=[row.id for row in stale]).delete()
-    if reclaimed:
-        logger.warning("%d job(s) of an interrupted bulk submission set to be published again",
-                       reclaimed)
-    return reclaimed

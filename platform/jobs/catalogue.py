@@ -1,22 +1,46 @@
-"""The catalogue of tasks the API accepts, and validation of their parameters.
+"""The tasks the platform knows: which are routable and where they run
+(``task_lane``), the catalogue of those the API accepts, and validation of
+their parameters.
 
-Schemas are compiled once per task (fastjsonschema): a 100,000-item batch is
-checked in a fraction of a second, inside the 3 s the batch API promises.
+Used by the web (the API lists and validates), by every submitting process
+(``task_lane``: web, worker follow-ups, tools) and by nothing that needs a
+job record. Schemas are compiled once per task (fastjsonschema): a 100,000-item
+batch is checked in a fraction of a second, inside the 3 s the batch API promises.
 """
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import fastjsonschema
 
+from jobs.errors import UnknownTask
+from routing import topology
 from switchyard.celery import app
 
 #: Parameters of a task that declares no schema: any JSON object.
 ANY_OBJECT = {"type": "object"}
+
+
+def unknown_task_message(name: Any) -> str:
+    """What the API says of a task name it does not accept."""
+    return f"unknown task {name!r}; see /api/v1/tasks"
+
+
+def task_lane(task: str, params: Mapping[str, Any] | None = None, *,
+              tenant: Any = None) -> topology.Lane:
+    """The lane of ``task``: the one it declared, or with ``params`` the one it picks
+    for them (``SwitchyardTask.lane_for``); ``UnknownTask`` if it is not routable."""
+    registered = app.tasks.get(task)
+    lane_name = getattr(registered, "lane", None)
+    if registered is None or lane_name is None:
+        raise UnknownTask(f"unknown task {task!r}")
+    if params is not None:
+        lane_name = registered.lane_for(params, tenant=tenant)
+    return topology.lane(lane_name)
 
 
 @dataclass(frozen=True)
@@ -25,7 +49,7 @@ class CatalogueTask:
     lane: str
     description: str
     params_schema: dict
-    #: JSON Schema of one item for a batch task (``switchyard.batch.batch_task``), else None.
+    #: JSON Schema of one item for a batch task (``jobs.batch_task.batch_task``), else None.
     item_schema: dict | None = None
     #: The batch task's ``check_item(item, tenant=...)``: what a schema cannot judge.
     check_item: Callable[..., None] | None = field(default=None, compare=False, repr=False)

@@ -1,7 +1,7 @@
 """Dead-letter queues: look into, replay and purge ``<lane>.dead`` (``manage.py dlq``).
 
 A message reaches ``<lane>.dead`` when a worker rejects it without requeue: a
-poison message that killed its worker on every delivery (``jobs.recording``),
+poison message that killed its worker on every delivery (``jobs.task.job_begin``),
 a native message admission refused (unknown tenant, positional arguments), or
 a body the worker could not decode (``switchyard.worker``, with the reason in
 ``x-switchyard-reason``). Its job record, when there is one, is ``dead``.
@@ -31,7 +31,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 import routing.celery_config as routing_celery
 from jobs.models import Job
-from jobs.services import publish_job
+from jobs.publishing import publish_job
 from routing import topology
 from routing.broker import connect
 from switchyard.worker import REASON_HEADER

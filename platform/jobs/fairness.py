@@ -6,7 +6,9 @@ state held by one process:
 * **Tenant windows.** In a lane with a window (``SWITCHYARD_FAIR_WINDOW``), at
   most ``W = max(1, round(window x weight))`` of a tenant's jobs of one tier
   are *in the broker* (published, not started). The rest are *held*: recorded,
-  unpublished, due. With FIFO inside a priority band and every backlogged
+  unpublished, due. (That is the one meaning of "held" in Switchyard; a job
+  waiting for its countdown or backoff is *scheduled*, and both are
+  *unpublished*.) With FIFO inside a priority band and every backlogged
   tenant keeping ``W_t`` messages queued, tenant ``t`` gets ``W_t / sum(W)`` of
   its band's starts (weighted fair share), and a newcomer's first job waits
   behind at most ``sum(W)`` messages of the others. ``release_plan`` says who
@@ -23,7 +25,8 @@ state held by one process:
 
 The pure functions here are the scheduling rule (tested with hypothesis); the
 queries below them read what the rule needs. The dispatcher applies them
-(``jobs.services.job_publish_due``, ``jobs.services.job_promote_starved``).
+(``jobs.dispatch.job_publish_due``, ``jobs.dispatch.job_promote_starved``); the
+web asks ``must_hold`` of each job it accepts.
 """
 from __future__ import annotations
 
@@ -35,11 +38,8 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Count, QuerySet
 
-from jobs.models import Job
+from jobs.models import Job, states_sql
 from routing import priorities
-
-WAITING = (Job.Status.QUEUED, Job.Status.RETRYING)
-
 
 # The rule --------------------------------------------------------------------
 
@@ -53,19 +53,21 @@ def window_size(base: int, weight: int) -> int | None:
 
 @dataclass(frozen=True)
 class Group:
-    """A tenant's work of one tier in one lane: ``held`` jobs waiting in the
-    table, ``in_broker`` published and not started, ``window`` (None: no limit)."""
+    """A tenant's work of one tier in one lane: ``unpublished`` jobs waiting in the
+    table (or an upper bound of them), ``in_broker`` published and not started,
+    ``window`` (None: no limit)."""
 
     key: Hashable
-    held: int
+    unpublished: int
     in_broker: int
     window: int | None
 
     @property
     def room(self) -> int:
+        """How many of its unpublished jobs may enter the broker now."""
         if self.window is None:
-            return self.held
-        return max(0, min(self.held, self.window - self.in_broker))
+            return self.unpublished
+        return max(0, min(self.unpublished, self.window - self.in_broker))
 
     @property
     def fill(self) -> float:
@@ -77,7 +79,7 @@ def release_plan(groups: Iterable[Group], limit: int) -> list[tuple[Hashable, in
 
     Groups whose window is least full (relative to its size) come first, so
     when ``limit`` cuts a pass short the tenants furthest below their share are
-    served; no group goes past its window or its held jobs.
+    served; no group goes past its window or its unpublished jobs.
     """
     plan = []
     left = limit
@@ -106,11 +108,6 @@ def promotions_needed(*, starts_total: int, starts_standard: int, min_share: flo
 PROMOTED_PRIORITY = priorities.MAX_PRIORITY
 
 
-def is_promoted(tier: str, priority: int) -> bool:
-    """A job whose recorded priority lies above its tier's band was promoted."""
-    return priority > priorities.tier(tier).high
-
-
 # Reading what the rule needs -------------------------------------------------
 
 def base_window(lane: str) -> int:
@@ -125,13 +122,14 @@ def in_broker(lane: str, tier: str, tenant_id) -> QuerySet:
     """A tenant's jobs of one tier published to ``lane`` and not started (the
     ``jobs_in_broker`` partial index: only what sits in the broker)."""
     return Job.objects.filter(lane=lane, tier=tier, tenant_id=tenant_id,
-                              published_at__isnull=False, status__in=WAITING)
+                              published_at__isnull=False, status__in=Job.WAITING)
 
 
-def held(lane: str, tier: str, tenant_id) -> QuerySet:
-    """A tenant's jobs of one tier waiting unpublished for ``lane`` (``jobs_held``)."""
+def unpublished(lane: str, tier: str, tenant_id) -> QuerySet:
+    """A tenant's jobs of one tier waiting unpublished for ``lane``, held or
+    scheduled (the ``jobs_held`` partial index)."""
     return Job.objects.filter(tenant_id=tenant_id, lane=lane, tier=tier,
-                              published_at__isnull=True, status__in=WAITING)
+                              published_at__isnull=True, status__in=Job.WAITING)
 
 
 def in_broker_counts(lanes: Iterable[str]) -> dict[tuple[str, str, object], int]:
@@ -139,15 +137,16 @@ def in_broker_counts(lanes: Iterable[str]) -> dict[tuple[str, str, object], int]
     lanes = list(lanes)
     if not lanes:
         return {}
-    rows = (Job.objects.filter(lane__in=lanes, published_at__isnull=False, status__in=WAITING)
+    rows = (Job.objects.filter(lane__in=lanes, published_at__isnull=False,
+                               status__in=Job.WAITING)
             .order_by().values("lane", "tier", "tenant_id").annotate(n=Count("id")))
     return {(r["lane"], r["tier"], r["tenant_id"]): r["n"] for r in rows}
 
 
-_WAITING_SQL = "published_at IS NULL AND status IN ('queued', 'retrying')"
+_WAITING_SQL = f"published_at IS NULL AND status IN ({states_sql(Job.WAITING)})"
 #: The (tenant, lane, tier) keys that have unpublished waiting jobs, by a loose
 #: index scan of ``jobs_held``: one index probe per key, however many rows each
-#: key holds (a GROUP BY would read every held row on every pass).
+#: key has (a GROUP BY would read every unpublished row on every pass).
 _HELD_KEYS = f"""
 WITH RECURSIVE keys AS (
   (SELECT tenant_id, lane, tier FROM jobs_job
@@ -166,14 +165,14 @@ SELECT DISTINCT tenant_id, lane, tier FROM jobs_job WHERE {_WAITING_SQL} AND ten
 """
 
 
-def held_keys() -> list[tuple[str, str, object]]:
+def unpublished_keys() -> list[tuple[str, str, object]]:
     """``(lane, tier, tenant id)`` of every group with unpublished waiting jobs
     (due or not: the release itself filters what is due)."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(_HELD_KEYS)
             return [(lane, tier, tenant_id) for tenant_id, lane, tier in cursor.fetchall()]
-    rows = (Job.objects.filter(published_at__isnull=True, status__in=WAITING).order_by()
+    rows = (Job.objects.filter(published_at__isnull=True, status__in=Job.WAITING).order_by()
             .values_list("lane", "tier", "tenant_id").distinct())
     return list(rows)
 
@@ -193,7 +192,7 @@ def room_for(*, lane: str, tier: str, tenant) -> int | None:
     window = tenant_window(lane, tenant.weight)
     if window is None:
         return None
-    if held(lane, tier, tenant.id).exists():
+    if unpublished(lane, tier, tenant.id).exists():
         return 0
     published = len(in_broker(lane, tier, tenant.id).values_list("id", flat=True)[:window])
     return max(0, window - published)

@@ -11,20 +11,44 @@ import uuid
 from django.db import models
 
 
+class JobStatus(models.TextChoices):
+    """Where a job stands (``Job.Status``)."""
+
+    QUEUED = "queued"
+    STARTED = "started"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    DEAD = "dead"
+
+
+# The groups of states, defined once: code, queries, SQL (``states_sql``) and the
+# partial indexes below all use these.
+#: Accepted and not started: in the broker, or unpublished in the table (a countdown,
+#: a retry's backoff, a job held by its tenant's window). Only these can be cancelled.
+WAITING = (JobStatus.QUEUED, JobStatus.RETRYING)
+#: Not finished: waiting, or started (a started job whose worker died runs again).
+UNFINISHED = (*WAITING, JobStatus.STARTED)
+#: Will never run again.
+FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED,
+            JobStatus.DEAD)
+
+
+def states_sql(states) -> str:
+    """``states`` as an SQL list of literals (``'queued', 'retrying'``), for raw queries
+    that must match a partial index's predicate."""
+    return ", ".join(f"'{JobStatus(state).value}'" for state in states)
+
+
 class Job(models.Model):
     """One task submission. Its id is the Celery task id."""
 
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        STARTED = "started"
-        RETRYING = "retrying"
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"
-        CANCELLED = "cancelled"
-        EXPIRED = "expired"
-        DEAD = "dead"
-
-    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED, Status.DEAD)
+    Status = JobStatus
+    WAITING = WAITING
+    UNFINISHED = UNFINISHED
+    FINISHED = FINISHED
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey(
@@ -101,18 +125,18 @@ class Job(models.Model):
             # The dispatcher's scan: queued jobs not yet handed to the broker.
             models.Index(fields=["run_at"], name="jobs_unpublished_waiting",
                          condition=models.Q(published_at__isnull=True,
-                                            status__in=["queued", "retrying"])),
+                                            status__in=list(WAITING))),
             # Fair sharing (jobs.fairness). Jobs in the broker (published, not
             # started): a tenant's window, the standard jobs the dispatcher may
             # promote. Small: at most the windows' sum in a windowed lane.
             models.Index(fields=["lane", "tier", "published_at"], name="jobs_in_broker",
                          condition=models.Q(published_at__isnull=False,
-                                            status__in=["queued", "retrying"])),
+                                            status__in=list(WAITING))),
             # A tenant's held jobs, in the order the dispatcher releases them.
             models.Index(fields=["tenant", "lane", "tier", "-priority", "submitted_at"],
                          name="jobs_held",
                          condition=models.Q(published_at__isnull=True,
-                                            status__in=["queued", "retrying"])),
+                                            status__in=list(WAITING))),
             # Starts per lane over the last seconds: the standard tier's share.
             models.Index(fields=["lane", "started_at"], name="jobs_lane_started",
                          condition=models.Q(started_at__isnull=False)),
@@ -168,7 +192,7 @@ class PendingConfirm(models.Model):
     jobs it did not confirm are set back to unpublished for the dispatcher. A
     row that outlives ``SWITCHYARD_BULK_CONFIRM_GRACE`` means the submitting
     process died in between: the dispatcher then sets its still-queued jobs back
-    to unpublished and publishes them again (``jobs.bulk.job_reclaim_unconfirmed``).
+    to unpublished and publishes them again (``jobs.dispatch.job_reclaim_unconfirmed``).
     """
 
     created_at = models.DateTimeField(db_index=True)

@@ -1,8 +1,9 @@
 """``job_event``: sent when jobs change state, for observers (``monitoring`` counts them).
 
-The writers (``jobs.services``, ``jobs.batches``, ``jobs.recording``,
-``jobs.admission``) send one event per transition that really happened (their
-conditional UPDATE changed a row), so an observer can count exactly. Nothing
+The writers (``jobs.submission``, ``jobs.bulk``, ``jobs.batches``, ``jobs.dispatch``,
+``jobs.task``, ``jobs.outcomes``, ``jobs.admission``) send one event per transition
+that really happened (their conditional UPDATE changed a row), so an observer can
+count exactly. Nothing
 here knows about Prometheus; without a receiver, sending costs one function
 call.
 
@@ -22,11 +23,12 @@ from typing import Any
 
 from django.dispatch import Signal
 
+from jobs.models import Job
 from routing import priorities, topology
 
 job_event = Signal()
 
-#: Headers ``jobs.services`` puts on each message: when the job was submitted
+#: Headers ``jobs.publishing`` puts on each message: when the job was submitted
 #: and when it became due (epoch seconds), so a worker can time the wait
 #: without reading the job record.
 SUBMITTED_HEADER = "switchyard_submitted"
@@ -73,8 +75,6 @@ def delivery_labels(task, request) -> tuple[str, str, str]:
     except ValueError:
         # No delivery at hand (a hard time limit is reported by the main
         # process): the job record knows. A rare path, so one read is fine.
-        from jobs.models import Job
-
         row = Job.objects.filter(id=request.id).values_list("lane", "tier").first() \
             if request.id else None
         lane, tier = row or (task.lane, priorities.DEFAULT_TIER.name)

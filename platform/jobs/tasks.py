@@ -5,8 +5,7 @@ import datetime as dt
 
 from django.conf import settings
 
-from jobs.batches import batch_prune_finished
-from jobs.services import job_prune_finished
+from jobs.retention import batch_prune_finished, job_prune_finished
 from switchyard.celery import app
 
 

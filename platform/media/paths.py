@@ -14,19 +14,17 @@ from pathlib import Path
 
 from django.conf import settings
 
+from jobs.errors import InvalidSubmission
+
 MAX_FOLDER_LENGTH = 1000
 MAX_NAME_LENGTH = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-class PathRefused(ValueError):
-    """A caller's path that would leave the tenant's storage, or is malformed."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+class PathRefused(InvalidSubmission):
+    """A caller's path that would leave the tenant's storage, or is malformed; ``field``
+    names it (the API answers 400 naming it, ``jobs.api_support.refusals``)."""
 
 
 def _segments(value: object, field: str) -> list[str]:

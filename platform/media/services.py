@@ -1,6 +1,9 @@
 """Writes on media files: upload and import, thumbnails, rename, copy, move, trash,
 restore, permanent delete and the purge of old trash.
 
+Run by the workers (``media.tasks``), one file per call. What the web does for
+media (staging uploads, submitting operations) is ``media.submission``.
+
 Every service is idempotent, because a task may run twice (a redelivery after
 its worker died, acks being late):
 
@@ -20,22 +23,20 @@ its worker died, acks being late):
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
-from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from jobs.errors import PermanentFailure
 from media import storage
 from media.images import ImageRefused, decode, thumbnail
 from media.models import File
 from media.paths import PathRefused, clean_folder, clean_name, resolve_source
-from switchyard.celery import PermanentFailure
 from tenants.models import Tenant
 
 #: Namespace of the ids of files created by uploads and copies (uuid5).
@@ -48,11 +49,6 @@ _PLACE_ATTEMPTS = 5
 class Refused(PermanentFailure):
     """A media operation no retry can fix (not an image, a clash refused, a file
     gone); the message says why. The job or the batch item fails at once."""
-
-
-def operation_key(*parts: Any) -> str:
-    """A stable key of one operation (a job and its item): reruns share it."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def derived_id(tenant: Tenant, origin: str) -> uuid.UUID:
@@ -200,17 +196,6 @@ def _ingest(*, tenant: Tenant, file_id: uuid.UUID, data: bytes, folder: str, nam
         _remove_bytes([key, *(t["key"] for t in thumbs.values())],
                       storage.file_dir(tenant.name, file_id))
         raise
-
-
-def upload_stage(*, tenant: Tenant, uploaded: UploadedFile) -> str:
-    """Keep a file received by the web for ``media.upload``; returns its token."""
-    token = uuid.uuid4().hex
-    storage.write_bytes(storage.staging_key(tenant.name, token), uploaded)
-    return token
-
-
-def upload_discard(*, tenant: Tenant, token: str) -> None:
-    storage.delete_key(storage.staging_key(tenant.name, token))
 
 
 def file_upload_staged(*, tenant: Tenant, token: str, folder: str, name: str,

@@ -1,4 +1,4 @@
-"""Media tasks: one function per file, each a batch task (``switchyard.batch``).
+"""Media tasks: one function per file, each a batch task (``jobs.batch_task``).
 
 Every task takes ``{"items": [...]}``: one item is one file, so a job may
 carry one file (``POST /api/v1/jobs``; a failure fails the job) or a batch
@@ -27,7 +27,10 @@ from typing import Any
 from celery import current_task
 from django.conf import settings
 
+from jobs.batch_task import batch_task
 from jobs.catalogue import InvalidParams
+from jobs.options import fingerprint
+from jobs.task import SwitchyardTask
 from media import storage
 from media.models import File
 from media.paths import PathRefused, clean_folder, clean_name, resolve_source
@@ -45,11 +48,9 @@ from media.services import (
     file_thumbnail,
     file_trash,
     file_upload_staged,
-    operation_key,
 )
 from routing import topology
-from switchyard.batch import batch_task
-from switchyard.celery import SwitchyardTask, app
+from switchyard.celery import app
 from tenants.models import Tenant
 
 _TOKEN = re.compile(r"^[0-9a-f]{32}$")
@@ -185,7 +186,7 @@ def _file(item: Mapping, tenant: Tenant) -> File:
 
 def _op(item: Mapping) -> tuple[Tenant, str]:
     tenant, job_id, name = _job()
-    return tenant, operation_key(job_id, name, dict(item))
+    return tenant, fingerprint(job_id, name, dict(item))
 
 
 def _summary(file: File) -> dict:

@@ -45,15 +45,15 @@ class QueueCollector(Collector):
             logger.warning("metrics: management API unavailable: %s", exc)
             queues = None
         up.add_metric([], 0 if queues is None else 1)
-        for ln in topology.LANES:
-            q = (queues or {}).get(ln.queue)
+        for lane in topology.LANES:
+            q = (queues or {}).get(lane.queue)
             if q is not None:
-                ready.add_metric([ln.name], q.get("messages_ready", 0))
-                unacked.add_metric([ln.name], q.get("messages_unacknowledged", 0))
-                consumers.add_metric([ln.name], q.get("consumers", 0))
-            d = (queues or {}).get(ln.dead_queue)
+                ready.add_metric([lane.name], q.get("messages_ready", 0))
+                unacked.add_metric([lane.name], q.get("messages_unacknowledged", 0))
+                consumers.add_metric([lane.name], q.get("consumers", 0))
+            d = (queues or {}).get(lane.dead_queue)
             if d is not None:
-                dead.add_metric([ln.name], d.get("messages", 0))
+                dead.add_metric([lane.name], d.get("messages", 0))
         yield from (up, ready, unacked, consumers, dead)
 
         now = timezone.now()
@@ -69,9 +69,9 @@ class QueueCollector(Collector):
                                     labels=["lane", "tier"])
         by_key = snapshot.waiting_by_lane_tier(now)
         runs = snapshot.running_by_lane_tier()
-        for ln in topology.LANES:
+        for lane in topology.LANES:
             for tier in priorities.TIERS:
-                key = (ln.name, tier.name)
+                key = (lane.name, tier.name)
                 count, due = by_key.get(key, (0, None))
                 waiting.add_metric(list(key), count)
                 oldest.add_metric(list(key), max(0.0, (now - due).total_seconds()) if due else 0)
@@ -87,7 +87,7 @@ class QueueCollector(Collector):
             f"{snapshot.TOP_TENANTS} tenants by starts and '{snapshot.OTHERS}' for the rest.",
             labels=["lane", "tenant"])
         since = now - dt.timedelta(seconds=SHARE_WINDOW)
-        for lane, tenants in snapshot.tenant_shares(since).items():
+        for lane_name, tenants in snapshot.tenant_shares(since, now).items():
             for t in tenants:
-                share.add_metric([lane, t.tenant], t.share)
+                share.add_metric([lane_name, t.tenant], t.share)
         yield share

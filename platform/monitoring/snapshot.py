@@ -35,7 +35,6 @@ from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
-WAITING = (Job.Status.QUEUED, Job.Status.RETRYING)
 #: Outcomes of a run: what "throughput" counts.
 RAN = (Job.Status.SUCCEEDED, Job.Status.FAILED)
 PERCENTILES = (50, 95, 99)
@@ -107,7 +106,7 @@ class Snapshot:
     lanes: list[LaneStats]
 
     def lane(self, name: str) -> LaneStats:
-        return next(ln for ln in self.lanes if ln.lane == name)
+        return next(stats for stats in self.lanes if stats.lane == name)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -131,10 +130,14 @@ def _rate(queue: dict, stat: str) -> float:
                  .get("rate", 0.0))
 
 
+def _due(now: dt.datetime) -> Q:
+    """Waiting jobs that are due: not scheduled for later (a countdown, eta or backoff)."""
+    return Q(run_at__isnull=True) | Q(run_at__lte=now)
+
+
 def waiting_by_lane_tier(now: dt.datetime) -> dict[tuple[str, str], tuple[int, dt.datetime]]:
     """``(lane, tier) -> (jobs waiting and due, the oldest one's due time)``."""
-    rows = (Job.objects.filter(status__in=WAITING)
-            .filter(Q(run_at__isnull=True) | Q(run_at__lte=now))
+    rows = (Job.objects.filter(status__in=Job.WAITING).filter(_due(now))
             .order_by().values("lane", "tier")
             .annotate(n=Count("id"), oldest=Min(Coalesce("run_at", "submitted_at"))))
     return {(r["lane"], r["tier"]): (r["n"], r["oldest"]) for r in rows}
@@ -174,13 +177,13 @@ def wait_percentiles(since: dt.datetime) -> dict[tuple[str, str], tuple[int, lis
     out: dict[tuple[str, str], tuple[int, list[float]]] = {}
     recent = (Job.objects.filter(started_at__gte=since)
               .filter(Q(status=Job.Status.STARTED) | Q(status__in=RAN, finished_at__gte=since)))
-    for ln in topology.LANES:
+    for lane in topology.LANES:
         for tier in priorities.TIERS:
-            rows = (recent.filter(lane=ln.name, tier=tier.name).order_by("-started_at")
+            rows = (recent.filter(lane=lane.name, tier=tier.name).order_by("-started_at")
                     .values_list("started_at", "run_at", "submitted_at")[:MAX_SAMPLES])
             waits = sorted(max(0.0, (s - (r or sub)).total_seconds()) for s, r, sub in rows)
             if waits:
-                out[(ln.name, tier.name)] = (len(waits), [percentile(waits, p)
+                out[(lane.name, tier.name)] = (len(waits), [percentile(waits, p)
                                                           for p in PERCENTILES])
     return out
 
@@ -213,10 +216,11 @@ def throughput_series(now: dt.datetime, minutes: int
     return slots, series
 
 
-def tenant_shares(since: dt.datetime, top: int = TOP_TENANTS) -> dict[str, list[TenantShare]]:
+def tenant_shares(since: dt.datetime, now: dt.datetime, top: int = TOP_TENANTS,
+                  ) -> dict[str, list[TenantShare]]:
     """Per lane: the ``top`` tenants by runs started since ``since`` with their share
-    of the lane's starts, weight and jobs waiting (``held`` of them in the job
-    table, past their fair-share window), then ``(others)`` for the rest.
+    of the lane's starts, weight and jobs waiting (``held`` of them: due but kept in
+    the job table, past their fair-share window), then ``(others)`` for the rest.
     Starts are read on the ``jobs_lane_started`` index, waiting jobs on
     ``(tenant, status)``."""
     rows = (Job.objects.filter(started_at__gte=since).order_by()
@@ -225,16 +229,17 @@ def tenant_shares(since: dt.datetime, top: int = TOP_TENANTS) -> dict[str, list[
     for r in rows:
         by_lane.setdefault(r["lane"], []).append(r)
     out: dict[str, list[TenantShare]] = {}
-    for lane, entries in by_lane.items():
+    for lane_name, entries in by_lane.items():
         total = sum(e["n"] for e in entries)
         entries.sort(key=lambda e: (-e["n"], e["tenant_name"]))
         shown, rest = entries[:top], entries[top:]
         ids = [e["tenant_id"] for e in shown if e["tenant_id"] is not None]
         weights = dict(Tenant.objects.filter(id__in=ids).values_list("id", "weight"))
         waiting = {(r["tenant_id"], r["tier"]): (r["n"], r["held"]) for r in
-                   Job.objects.filter(lane=lane, tenant_id__in=ids, status__in=WAITING)
+                   Job.objects.filter(lane=lane_name, tenant_id__in=ids, status__in=Job.WAITING)
                    .order_by().values("tenant_id", "tier")
-                   .annotate(n=Count("id"), held=Count("id", filter=Q(published_at__isnull=True)))}
+                   .annotate(n=Count("id"), held=Count("id", filter=Q(published_at__isnull=True)
+                                                        & _due(now)))}
         shares = []
         for e in shown:
             n_waiting, n_held = waiting.get((e["tenant_id"], e["tier"]), (0, 0))
@@ -246,7 +251,7 @@ def tenant_shares(since: dt.datetime, top: int = TOP_TENANTS) -> dict[str, list[
             started = sum(e["n"] for e in rest)
             shares.append(TenantShare(tenant=OTHERS, tier="", started=started,
                                       share=round(started / total, 4)))
-        out[lane] = shares
+        out[lane_name] = shares
     return out
 
 
@@ -270,22 +275,22 @@ def queue_snapshot(*, window: int = 300, series_minutes: int = 15,
     done_window = _finished_counts(since)
     waits = wait_percentiles(since)
     slots, series = throughput_series(now, series_minutes)
-    shares = tenant_shares(since)
+    shares = tenant_shares(since, now)
 
     lanes = []
-    for ln in topology.LANES:
-        q, dead = queues.get(ln.queue), queues.get(ln.dead_queue)
-        lane = LaneStats(lane=ln.name, tenants=shares.get(ln.name, []))
+    for lane in topology.LANES:
+        q, dead = queues.get(lane.queue), queues.get(lane.dead_queue)
+        lane_stats = LaneStats(lane=lane.name, tenants=shares.get(lane.name, []))
         if q is not None:
-            lane.ready = int(q.get("messages_ready", 0))
-            lane.unacked = int(q.get("messages_unacknowledged", 0))
-            lane.consumers = int(q.get("consumers", 0))
-            lane.publish_rate = _rate(q, "publish")
-            lane.deliver_rate = _rate(q, "deliver_get")
+            lane_stats.ready = int(q.get("messages_ready", 0))
+            lane_stats.unacked = int(q.get("messages_unacknowledged", 0))
+            lane_stats.consumers = int(q.get("consumers", 0))
+            lane_stats.publish_rate = _rate(q, "publish")
+            lane_stats.deliver_rate = _rate(q, "deliver_get")
         if dead is not None:
-            lane.dead_letters = int(dead.get("messages", 0))
+            lane_stats.dead_letters = int(dead.get("messages", 0))
         for tier in reversed(priorities.TIERS):  # premium first: served first
-            key = (ln.name, tier.name)
+            key = (lane.name, tier.name)
             stats = TierStats(tier=tier.name)
             count, oldest = waiting.get(key, (0, None))
             stats.waiting = count
@@ -302,8 +307,8 @@ def queue_snapshot(*, window: int = 300, series_minutes: int = 15,
                 stats.wait_p50, stats.wait_p95, stats.wait_p99 = (
                     round(p50, 4), round(p95, 4), round(p99, 4))
             stats.series = series.get(key, [0] * series_minutes)
-            lane.tiers.append(stats)
-        lanes.append(lane)
+            lane_stats.tiers.append(stats)
+        lanes.append(lane_stats)
     return Snapshot(
         generated_at=now.isoformat(),
         window_seconds=window,

@@ -6,6 +6,7 @@ from monitoring import views
 
 app_name = "monitoring"
 urlpatterns = [
+    path("metrics", views.metrics, name="metrics"),
     path("dashboard/", views.dashboard, name="dashboard"),
     path("dashboard/data", views.dashboard_data, name="dashboard-data"),
 ]

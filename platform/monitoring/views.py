@@ -46,7 +46,7 @@ def _window(request) -> int:
 @require_GET
 def dashboard(request):
     return render(request, "monitoring/dashboard.html", {
-        "lanes": [ln.name for ln in topology.LANES],
+        "lanes": [lane.name for lane in topology.LANES],
         "tiers": [t.name for t in reversed(priorities.TIERS)],
         "refresh_seconds": settings.SWITCHYARD_DASHBOARD_REFRESH,
     })

@@ -10,12 +10,12 @@ fed by ``routing``; this module wires the parts settings cannot express:
 from __future__ import annotations
 
 import os
+import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
 
-from celery import Celery, Task, signals
-from celery.exceptions import Ignore, Reject, Retry
+from celery import Celery, signals
+from django.conf import settings
+from django.db import close_old_connections
 
 import routing.celery_config as routing_celery
 from routing import topology
@@ -23,77 +23,10 @@ from routing import topology
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "switchyard.settings.base")
 
 
-class PermanentFailure(Exception):
-    """Raise from a task for a failure no retry can fix (bad input, missing file):
-    the job fails at once, whatever its retry policy."""
-
-
-class SwitchyardTask(Task):
-    """Base class of every Switchyard task.
-
-    A task declares its lane once: ``@app.task(name="media.thumbnail", lane="slow")``.
-    The lane gives its queue, routing key and default time limits. ``params_schema``
-    (JSON Schema of its keyword arguments) is what the API validates and lists;
-    ``public = False`` keeps a platform-internal task out of the API.
-
-    A task whose cost depends on its input (a thumbnail of a 10 MB image or of a
-    200 KB one) overrides ``lane_for`` to pick the lane from its parameters.
-    """
-
-    lane: str | None = None
-    params_schema: dict | None = None
-    public: bool = True
-
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.lane is None:
-            return
-        ln = topology.lane(cls.lane)  # an unknown lane fails at import, loudly
-        if cls.time_limit is None:
-            cls.time_limit = ln.time_limit
-        if cls.soft_time_limit is None:
-            cls.soft_time_limit = ln.soft_time_limit
-
-    def lane_for(self, params: Mapping[str, Any], *, tenant: Any = None) -> str:
-        """The lane a job of this task with ``params`` for ``tenant`` (None: the
-        platform's own work) runs in; the declared lane by default.
-
-        Asked once per submission (``job_submit``, each batch chunk, a Celery-native
-        message's first delivery), never at publish time: the job record keeps the
-        answer and every publication of the job follows it. Must be cheap and must
-        not fail on bad params (validation refuses those elsewhere).
-        """
-        return self.lane
-
-    def chunk_lanes(self, chunks: Sequence[Sequence[Any]], *, tenant: Any = None) -> list[str]:
-        """``lane_for`` of each batch chunk (``{"items": chunk}``); a task may answer
-        all chunks in one go (one query rather than one per chunk)."""
-        return [self.lane_for({"items": list(chunk)}, tenant=tenant) for chunk in chunks]
-
-    def __call__(self, *args, **kwargs):
-        # Delivered by a broker (not called directly): the job record decides
-        # whether this delivery runs. A cancelled, expired or already finished
-        # job (a redelivery after a crash) is acknowledged without running.
-        if self.lane is not None and self.request.id and not self.request.called_directly:
-            from jobs.recording import job_begin
-
-            if not job_begin(task=self, task_id=self.request.id, args=args, kwargs=kwargs):
-                raise Ignore()
-            try:
-                return super().__call__(*args, **kwargs)
-            except (Ignore, Retry, Reject):
-                raise
-            except Exception as exc:
-                from jobs.recording import job_raised
-
-                # Dead-letters (raises Reject) a job whose retries are spent;
-                # otherwise Celery goes on as usual (task_failure, ack).
-                job_raised(task=self, task_id=self.request.id, exception=exc)
-                raise
-        return super().__call__(*args, **kwargs)
-
-
-app = Celery("switchyard", task_cls=SwitchyardTask)
+# The base class of every task, and with it the job lifecycle, lives in the jobs app;
+# Celery imports it by name when the first task is created (after Django's apps
+# are loaded), so this wiring module never imports the domain.
+app = Celery("switchyard", task_cls="jobs.task:SwitchyardTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.worker_consumer = "switchyard.worker:Consumer"
 
@@ -137,20 +70,16 @@ def _recycle_database_connections(**_):
     now = time.monotonic()
     if now - _connections_checked >= 1.0:
         _connections_checked = now
-        from django.db import close_old_connections
-
         close_old_connections()
 
 
 def startup_problems() -> list[str]:
     """What keeps a worker from starting safely; empty when all is well."""
-    from django.conf import settings
-
     problems = []
     timeout_ms = settings.SWITCHYARD_BROKER_CONSUMER_TIMEOUT_MS
-    for ln in topology.LANES:
+    for lane in topology.LANES:
         try:
-            topology.check_time_limit(ln, timeout_ms)
+            topology.check_time_limit(lane, timeout_ms)
         except ValueError as exc:
             problems.append(str(exc))
     for name, task in sorted(app.tasks.items()):
@@ -170,8 +99,6 @@ EXIT_MISCONFIGURED = 78
 def _check_on_worker_start(**_):
     problems = startup_problems()
     if problems:
-        import sys
-
         # Celery logs and swallows an Exception raised by a signal handler, and the
         # worker would go on consuming: SystemExit is the one way to stop it here.
         print("Switchyard worker cannot start:\n- " + "\n- ".join(problems), file=sys.stderr,

@@ -1,17 +1,15 @@
-"""URL configuration."""
+"""URL configuration: the project's own views, and each app's URLconf by name."""
 from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from monitoring.views import metrics
 from switchyard.views import healthz
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
-    path("metrics", metrics, name="metrics"),
     path("", include("monitoring.urls")),
     path("api/v1/", include("jobs.urls")),
     path("api/v1/media/", include("media.urls")),

@@ -130,7 +130,7 @@ SPECTACULAR_SETTINGS = {
     "SERVE_AUTHENTICATION": [],
     # Jobs and batches both have a `status`, from different sets of values.
     "ENUM_NAME_OVERRIDES": {"JobStatusEnum": "jobs.models.Job.Status",
-                            "BatchStatusEnum": "jobs.batch_api.BATCH_STATUSES"},
+                            "BatchStatusEnum": "jobs.serializers.BATCH_STATUSES"},
 }
 # Largest request body accepted (bytes); larger is 400 naming the limit
 # (switchyard.middleware). Batches have their own, larger limit.
@@ -263,7 +263,7 @@ CELERY_BROKER_CONNECTION_TIMEOUT = env_int("CELERY_BROKER_CONNECTION_TIMEOUT", 4
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_HEARTBEAT = 30
 # The web waits at most this long (seconds) for the broker to confirm a job;
-# then it answers 202 anyway and the dispatcher publishes the job (jobs.services).
+# then it answers 202 anyway and the dispatcher publishes the job (jobs.dispatch).
 SWITCHYARD_PUBLISH_DEADLINE = float(os.environ.get("SWITCHYARD_PUBLISH_DEADLINE") or 1.0)
 # Bulk submission (jobs.bulk): how long one call waits for the broker's
 # confirms, and how old an unanswered bulk publication must be before the
@@ -279,21 +279,21 @@ SWITCHYARD_BULK_CONFIRM_GRACE = float(os.environ.get("SWITCHYARD_BULK_CONFIRM_GR
 # behind at most one or two slow tasks of each backlogged tenant.
 _FAIR_WINDOW_DEFAULTS = {"slow": 2}  # other lanes: 0, no window
 SWITCHYARD_FAIR_WINDOW = {
-    ln.name: env_int(f"SWITCHYARD_FAIR_WINDOW_{ln.name.upper()}",
-                     _FAIR_WINDOW_DEFAULTS.get(ln.name, 0))
-    for ln in _topology.LANES
+    lane.name: env_int(f"SWITCHYARD_FAIR_WINDOW_{lane.name.upper()}",
+                     _FAIR_WINDOW_DEFAULTS.get(lane.name, 0))
+    for lane in _topology.LANES
 }
 # Starvation bound for the standard tier, per lane: at least this share of the lane's
 # starts over SWITCHYARD_FAIR_SHARE_WINDOW seconds goes to standard work while some
 # waits, and no standard job in its tenant's window waits longer than the max wait
 # (seconds). The dispatcher promotes a standard job above the premium band to keep both.
 SWITCHYARD_STANDARD_MIN_SHARE = {
-    ln.name: float(os.environ.get(f"SWITCHYARD_STANDARD_MIN_SHARE_{ln.name.upper()}") or 0.10)
-    for ln in _topology.LANES
+    lane.name: float(os.environ.get(f"SWITCHYARD_STANDARD_MIN_SHARE_{lane.name.upper()}") or 0.10)
+    for lane in _topology.LANES
 }
 SWITCHYARD_STANDARD_MAX_WAIT = {
-    ln.name: float(os.environ.get(f"SWITCHYARD_STANDARD_MAX_WAIT_{ln.name.upper()}") or 60)
-    for ln in _topology.LANES
+    lane.name: float(os.environ.get(f"SWITCHYARD_STANDARD_MAX_WAIT_{lane.name.upper()}") or 60)
+    for lane in _topology.LANES
 }
 SWITCHYARD_FAIR_SHARE_WINDOW = float(os.environ.get("SWITCHYARD_FAIR_SHARE_WINDOW") or 30)
 # A standard job is promoted this many seconds before its max wait runs out, to cover

@@ -18,8 +18,11 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs.bulk import BulkJob, job_submit_bulk
+from jobs.catalogue import task_lane
+from jobs.errors import UnknownTask
 from jobs.models import Job
-from jobs.services import SubmitOptions, UnknownTask, job_submit, task_lane
+from jobs.options import SubmitOptions
+from jobs.submission import job_submit
 from tenants.models import Tenant
 
 DEFAULT_PARAMS = {"demo.slow_task": {"seconds": 1.0}, "demo.quick_task": {"x": 1}}

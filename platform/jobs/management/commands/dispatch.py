@@ -3,8 +3,8 @@
 Runs as the ``dispatcher`` role. It publishes jobs whose countdown, eta or
 retry backoff is due, batch chunks, and jobs the web could not publish; every
 ``--reap-every`` seconds it also finds started jobs whose worker was lost
-(``jobs.services.job_reap_lost``) and bulk submissions whose submitter died
-before the broker confirmed them (``jobs.bulk.job_reclaim_unconfirmed``).
+(``jobs.dispatch.job_reap_lost``) and bulk submissions whose submitter died
+before the broker confirmed them (``jobs.dispatch.job_reclaim_unconfirmed``).
 It applies fair sharing (``jobs.fairness``): held jobs enter their tenant's
 window as it frees, and every ``--promote-every`` seconds standard jobs are
 promoted where the standard tier's starvation bound needs it. It keeps no
@@ -22,8 +22,12 @@ import time
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
-from jobs.bulk import job_reclaim_unconfirmed
-from jobs.services import job_promote_starved, job_publish_due, job_reap_lost
+from jobs.dispatch import (
+    job_promote_starved,
+    job_publish_due,
+    job_reap_lost,
+    job_reclaim_unconfirmed,
+)
 
 logger = logging.getLogger(__name__)
 #: Jobs published per pass at most.

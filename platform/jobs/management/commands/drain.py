@@ -24,7 +24,7 @@ class Command(BaseCommand):
     help = "Drain a lane: stop consuming, let running tasks finish, then stop its workers."
 
     def add_arguments(self, parser):
-        parser.add_argument("lane", choices=sorted(topology.LANES_BY_NAME))
+        parser.add_argument("lane_name", metavar="lane", choices=sorted(topology.LANES_BY_NAME))
         parser.add_argument("--timeout", type=float, default=None,
                             help="seconds to wait for running tasks (default: the lane's "
                             "hard time limit plus 60)")
@@ -33,34 +33,34 @@ class Command(BaseCommand):
         parser.add_argument("--resume", action="store_true",
                             help="make the lane's running workers consume again, and exit")
 
-    def handle(self, *args, lane: str, timeout: float | None, no_shutdown: bool,
+    def handle(self, *args, lane_name: str, timeout: float | None, no_shutdown: bool,
                resume: bool, **options):
-        ln = topology.lane(lane)
+        lane = topology.lane(lane_name)
         try:
             if resume:
-                workers = drain.resume(ln.name, ln.queue)
+                workers = drain.resume(lane.name, lane.queue)
                 if not workers:
                     raise CommandError(f"no worker of lane {lane} answers", returncode=1)
-                self.stdout.write(f"{', '.join(workers)} consume {ln.queue} again")
+                self.stdout.write(f"{', '.join(workers)} consume {lane.queue} again")
                 return
-            result = drain.drain(ln.queue, timeout=timeout or ln.time_limit + 60,
+            result = drain.drain(lane.queue, timeout=timeout or lane.time_limit + 60,
                                  shutdown=not no_shutdown, progress=self.stdout.write)
         except OperationalError as exc:
             raise CommandError(f"RabbitMQ unreachable: {exc}", returncode=2) from exc
         if not result.workers:
-            self.stdout.write(f"no worker consumes {ln.queue}: nothing to drain")
+            self.stdout.write(f"no worker consumes {lane.queue}: nothing to drain")
             return
         if not result.drained:
             running = "; ".join(f"{w}: {', '.join(ids)}" for w, ids in result.running.items())
             raise CommandError(
                 f"timed out with tasks still running ({running}). The workers no longer "
-                f"consume {ln.queue}; run this again to keep waiting, or resume with "
+                f"consume {lane.queue}; run this again to keep waiting, or resume with "
                 f"`python platform/manage.py drain {lane} --resume`.", returncode=1)
         if no_shutdown:
-            self.stdout.write(f"drained {ln.queue}: workers idle and not consuming")
+            self.stdout.write(f"drained {lane.queue}: workers idle and not consuming")
             return
         if not result.stopped:
             raise CommandError("drained, but a worker still answers after its shutdown",
                                returncode=1)
-        self.stdout.write(f"drained {ln.queue}: no task lost, {len(result.workers)} worker(s) "
+        self.stdout.write(f"drained {lane.queue}: no task lost, {len(result.workers)} worker(s) "
                           "stopped")

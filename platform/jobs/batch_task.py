@@ -1,5 +1,8 @@
 """Batch tasks: one function per item, run over a chunk of items per job.
 
+Imported by the apps' ``tasks`` modules (media, demo) to declare their tasks; the
+functions it registers run in the worker.
+
     @batch_task(name="media.thumbnail", lane="slow", item_schema={...})
     def thumbnail(item: dict) -> None:
         ...

@@ -1,0 +1,246 @@
+"""The base class of every Switchyard task, and what each delivery does to its job record.
+
+The Celery app (``switchyard.celery``) names this class by string
+(``task_cls="jobs.task:SwitchyardTask"``), so Celery imports it when the first
+task is created, after Django's apps are loaded, and the wiring module never
+imports the job lifecycle. Runs in the worker's processes:
+
+* ``SwitchyardTask.__call__`` asks ``job_begin`` whether a delivery may run,
+  and hands an exception of the task's code to ``job_raised``;
+* the Celery signal handlers below record the other ends of a run (success,
+  retry, an ``expires`` Celery enforced itself, a hard time limit); they are
+  connected when this module is imported (``JobsConfig.ready`` imports it in
+  every process).
+
+Each recorder is one conditional UPDATE by primary key (``jobs.outcomes``), so
+recording costs a round trip per transition, never a read-modify-write race
+between two deliveries.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from celery import Task, signals
+from celery.exceptions import Ignore, Reject, Retry
+from django.db.models import F, Q
+from django.db.models.functions import Now
+
+from jobs.admission import job_admit_native, jsonable
+from jobs.errors import PermanentFailure
+from jobs.models import Job
+from jobs.outcomes import (
+    LOST_DELIVERY_ALLOWANCE,
+    job_record_dead,
+    job_record_failure,
+    job_record_success,
+)
+from jobs.publishing import LINK_HEADER, PUBLICATION_HEADER
+from jobs.signals import delivery_ended, delivery_labels, delivery_started, job_event_send
+from routing import topology
+
+logger = logging.getLogger(__name__)
+
+
+class SwitchyardTask(Task):
+    """Base class of every Switchyard task.
+
+    A task declares its lane once: ``@app.task(name="media.thumbnail", lane="slow")``.
+    The lane gives its queue, routing key and default time limits. ``params_schema``
+    (JSON Schema of its keyword arguments) is what the API validates and lists;
+    ``public = False`` keeps a platform-internal task out of the API.
+
+    A task whose cost depends on its input (a thumbnail of a 10 MB image or of a
+    200 KB one) overrides ``lane_for`` to pick the lane from its parameters.
+    """
+
+    lane: str | None = None
+    params_schema: dict | None = None
+    public: bool = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.lane is None:
+            return
+        lane = topology.lane(cls.lane)  # an unknown lane fails at import, loudly
+        if cls.time_limit is None:
+            cls.time_limit = lane.time_limit
+        if cls.soft_time_limit is None:
+            cls.soft_time_limit = lane.soft_time_limit
+
+    def lane_for(self, params: Mapping[str, Any], *, tenant: Any = None) -> str:
+        """The lane a job of this task with ``params`` for ``tenant`` (None: the
+        platform's own work) runs in; the declared lane by default.
+
+        Asked once per submission (``job_submit``, each batch chunk, a Celery-native
+        message's first delivery), never at publish time: the job record keeps the
+        answer and every publication of the job follows it. Must be cheap and must
+        not fail on bad params (validation refuses those elsewhere).
+        """
+        return self.lane
+
+    def chunk_lanes(self, chunks: Sequence[Sequence[Any]], *, tenant: Any = None) -> list[str]:
+        """``lane_for`` of each batch chunk (``{"items": chunk}``); a task may answer
+        all chunks in one go (one query rather than one per chunk)."""
+        return [self.lane_for({"items": list(chunk)}, tenant=tenant) for chunk in chunks]
+
+    def __call__(self, *args, **kwargs):
+        # Delivered by a broker (not called directly): the job record decides
+        # whether this delivery runs. A cancelled, expired or already finished
+        # job (a redelivery after a crash) is acknowledged without running.
+        if self.lane is not None and self.request.id and not self.request.called_directly:
+            if not job_begin(task=self, task_id=self.request.id, args=args, kwargs=kwargs):
+                raise Ignore()
+            try:
+                return super().__call__(*args, **kwargs)
+            except (Ignore, Retry, Reject):
+                raise
+            except Exception as exc:
+                # Dead-letters (raises Reject) a job whose retries are spent;
+                # otherwise Celery goes on as usual (task_failure, ack).
+                job_raised(task=self, task_id=self.request.id, exception=exc)
+                raise
+        return super().__call__(*args, **kwargs)
+
+
+def _is_switchyard_task(task) -> bool:
+    return getattr(task, "lane", None) is not None
+
+
+def job_begin(*, task, task_id: str, args, kwargs) -> bool:
+    """Mark the job started for this delivery; False if it must not run.
+
+    One conditional UPDATE. Not run: a job cancelled, expired or finished; a
+    fresh copy of a job already started (the same job published twice, e.g.
+    by the web after its deadline and by the dispatcher); a copy older than the
+    job's latest publication (``switchyard_publication`` header); a job past
+    its deliveries (``max_attempts`` plus ``LOST_DELIVERY_ALLOWANCE``): a poison
+    message that killed its worker every time. That job is marked ``dead`` and
+    its message rejected without requeue (``Reject``), so RabbitMQ dead-letters
+    it to ``<lane>.dead``, where ``manage.py dlq`` shows and replays it
+    (docs/runbooks/poison-messages.md). A message published without Switchyard's submit path
+    (Celery-native) is admitted on first sight (``jobs.admission``).
+
+    A fresh delivery may start a waiting job; a redelivery (the broker's
+    ``redelivered`` flag) may also restart a ``started`` one, since a worker
+    that died mid-task leaves its job there and the requeued message must run it.
+    """
+    request = task.request
+    redelivered = bool((request.delivery_info or {}).get("redelivered"))
+    values = {
+        "status": Job.Status.STARTED,
+        # The database's clock, not this host's: the reaper compares started_at with it.
+        "started_at": Now(),
+        "attempts": F("attempts") + 1,
+        "worker": request.hostname or "",
+    }
+    runnable = Job.objects.filter(id=task_id,
+                                  status__in=Job.UNFINISHED if redelivered else Job.WAITING)
+    publication = getattr(request, PUBLICATION_HEADER, None)
+    if isinstance(publication, int):
+        runnable = runnable.filter(publications__lte=publication)
+    # ``expires`` is checked here on the database's clock; Switchyard's messages carry
+    # no expires header, so a worker whose clock is off expires nothing early or late.
+    fresh = Q(expires_at__isnull=True) | Q(expires_at__gt=Now())
+    allowed = runnable.filter(fresh, attempts__lt=F("max_attempts") + LOST_DELIVERY_ALLOWANCE)
+    if allowed.update(**values):
+        delivery_started(task)
+        return True
+    job = Job.objects.select_related("tenant").filter(id=task_id).first()
+    if job is not None:
+        if runnable.filter(expires_at__lte=Now()).update(
+                status=Job.Status.EXPIRED, finished_at=Now(),
+                error="expired before a worker could start it"):
+            lane, tier, name = delivery_labels(task, request)
+            job_event_send("expired", lane=lane, tier=tier, task=name)
+            logger.info("job %s expired before it could start; acknowledged unrun", task_id)
+            return False
+        if runnable.exists():  # runnable but out of deliveries: it kills its worker
+            reason = (f"gave up after {job.attempts} deliveries without an outcome (the worker "
+                      f"was lost each time); message moved to {job.lane}.dead")
+            job_record_dead(job=job, runnable=Job.UNFINISHED, reason=reason)
+            logger.error("job %s (%s) is a poison message: %s", task_id, job.task, reason)
+            raise Reject(reason, requeue=False)
+        logger.info("job %s (%s) is not runnable by this delivery; acknowledged unrun",
+                    task_id, job.status)
+        return False
+    if not job_admit_native(task=task, task_id=task_id, args=args, kwargs=kwargs):
+        return False
+    if allowed.update(**values):
+        delivery_started(task)
+        return True
+    return False
+
+
+def job_raised(*, task, task_id: str, exception: BaseException) -> None:
+    """Record an exception raised by the task's code (``SwitchyardTask.__call__``).
+
+    A job whose retry policy is spent is marked ``dead`` with the reason, and
+    its message is rejected without requeue (``Reject``): RabbitMQ moves it to
+    ``<lane>.dead``, where ``manage.py dlq`` shows it and replays it after the
+    fix (docs/runbooks/poison-messages.md). Otherwise the job is ``retrying``
+    or ``failed`` and Celery acknowledges the message as usual.
+    """
+    status = job_record_failure(job_id=task_id, error=f"{type(exception).__name__}: {exception}",
+                                retryable=not isinstance(exception, PermanentFailure))
+    if status == Job.Status.DEAD:
+        reason = Job.objects.values_list("error", flat=True).get(id=task_id)
+        logger.error("job %s (%s) dead-lettered: %s", task_id, task.name, reason)
+        raise Reject(reason, requeue=False) from exception
+    _delivery_failed(task, status)
+
+
+def _delivery_failed(task, status: str | None) -> None:
+    if status == Job.Status.FAILED:
+        delivery_ended(task, "failed", finished=True)
+    elif status == Job.Status.RETRYING:
+        delivery_ended(task, "retried", finished=False)
+
+
+@signals.task_success.connect
+def job_succeeded(sender=None, result=None, **_):
+    if not _is_switchyard_task(sender):
+        return
+    # Only a started job moves on: a terminal state is never overwritten.
+    failed_items = 0
+    if getattr(sender, "item_schema", None) is not None and isinstance(result, dict):
+        failed_items = len(result.get("failed") or ())
+    if job_record_success(job_id=sender.request.id, result=jsonable(result),
+                          failed_items=failed_items,
+                          has_link=bool(getattr(sender.request, LINK_HEADER, False))):
+        delivery_ended(sender, "succeeded", finished=True)
+
+
+@signals.task_retry.connect
+def job_retrying(sender=None, request=None, reason=None, **_):
+    if not _is_switchyard_task(sender):
+        return
+    if Job.objects.filter(id=request.id, status=Job.Status.STARTED).update(
+            status=Job.Status.RETRYING, error=str(reason)[:5000]):
+        delivery_ended(sender, "retried", finished=False)
+
+
+@signals.task_revoked.connect
+def job_expired(sender=None, request=None, expired=False, **_):
+    """Celery drops a message whose ``expires`` passed before it started."""
+    if expired and request is not None:
+        if Job.objects.filter(id=request.id, status__in=Job.UNFINISHED).update(
+            status=Job.Status.EXPIRED, finished_at=Now(),
+            error="expired before a worker could start it",
+        ) and _is_switchyard_task(sender):
+            lane, tier, task = delivery_labels(sender, request)
+            job_event_send("expired", lane=lane, tier=tier, task=task)
+
+
+@signals.task_failure.connect
+def job_failed(sender=None, task_id=None, exception=None, **_):
+    """Sent for an exception in the task (already recorded by ``job_raised``: a no-op
+    here) and, by Celery 5.7, for a hard time limit, recorded here."""
+    if not _is_switchyard_task(sender):
+        return
+    # Celery has acknowledged the message of a hard time limit: nothing to dead-letter.
+    status = job_record_failure(job_id=task_id, error=f"{type(exception).__name__}: {exception}",
+                                retryable=not isinstance(exception, PermanentFailure),
+                                dead_letter=False)
+    _delivery_failed(sender, status)
