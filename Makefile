@@ -62,7 +62,7 @@ run: setup .env topology migrate
 	SWITCHYARD_METRICS_DIR=$(METRICS_DIR) exec $(BIN)/honcho start --procfile Procfile --env .env
 
 lint: setup
-	$(BIN)/ruff check routing platform tests tools bench
+	$(BIN)/ruff check routing platform client tests tools bench
 
 test: setup lint
 	$(PY) -m pytest --durations=25

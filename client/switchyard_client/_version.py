@@ -1,0 +1,2 @@
+"""The distribution's version (also in client/pyproject.toml)."""
+__version__ = "0.1.0"
