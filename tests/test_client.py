@@ -243,6 +243,8 @@ def test_calls_land_in_their_lane_with_their_tiers_key_band_and_user_id(caller, 
             standard.signature("demo.quick_task").apply_async(
                 args=[3], priority=9, routing_key="quick.premium.demo.quick_task").id:
                 ("standard", "quick", 4),
+            standard.signature("demo.quick_task").apply_async(args=[4], expires=600).id:
+                ("standard", "quick", 2),
         }
         try:
             premium.send_task("demo.no_such_task", args=[1])
@@ -270,6 +272,8 @@ def test_calls_land_in_their_lane_with_their_tiers_key_band_and_user_id(caller, 
         assert message.properties["priority"] == priority
         assert message.properties["user_id"] == callers[who].broker_user
         assert message.content_type == "application/json"
+        # no per-message TTL: an expired message would be dead-lettered with no job record
+        assert "expiration" not in message.properties
     # and nothing was declared: no queue "test", "quick_tasks" or "celery", no exchange
     assert queue_names(management) == queues_before
     assert exchange_names(management) == exchanges_before

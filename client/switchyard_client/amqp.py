@@ -14,7 +14,8 @@ key is used instead. The caller's relative ``priority`` (0..9) is placed in the
 tier's band. ``retry_policy`` also travels in the ``switchyard_retry_policy``
 header: the platform retries failed runs by it, as the REST API does.
 
-Publishing (``send_task_message``): nothing is declared, the message carries the
+Publishing (``send_task_message``): nothing is declared, no per-message TTL is set
+(``expires`` travels as Celery's header only), the message carries the
 AMQP ``user_id`` property equal to the connection's user name (RabbitMQ checks
 it: it is how the platform knows who sent it), and ``link``/``link_error``
 signatures must name catalogued tasks. Unknown names raise before anything is
@@ -99,6 +100,11 @@ class SwitchyardAMQP(AMQP):
                 options = router.route(options, name)
             options.pop("queue", None)
             options["declare"] = []  # the topology is the platform's: declare nothing
+            # Celery also turns ``expires`` into a per-message TTL: RabbitMQ would then
+            # dead-letter an expired message before any worker recorded it as a job, and
+            # GET /api/v1/jobs/{id} would never know it. The ``expires`` header stays; the
+            # platform ends the job ``expired`` by it.
+            options.pop("expiration", None)
             _check_links(self.app, message)
             user = getattr(producer.connection, "userid", None)
             if user:
