@@ -1,4 +1,4 @@
-"""``make bench``: scenarios S1-S8, each against its baseline in the same run.
+"""``make bench``: scenarios S1-S9, each against its baseline in the same run.
 
 Switchyard runs as in production (role scripts: gunicorn web, one worker
 process per lane, the dispatcher, Flower), against this run's vhost and
@@ -27,7 +27,7 @@ from jobs.models import Job
 from jobs.submission import job_submit
 from routing import wire
 from tenants.models import Tenant
-from tenants.services import tenant_create
+from tenants.services import broker_user_issue, tenant_create
 from tests.test_api_e2e import _http
 from tests.test_lanes import start_lane
 from tests.test_platform import free_port
@@ -582,3 +582,80 @@ def test_s8_standard_under_a_premium_flood(start_role, management, plain_worker,
     record("S8", "longest standard wait", ours_wait, theirs_wait, "s",
            target=f"<= {max_wait:.0f} s", passed=ours_wait <= max_wait,
            note="unstarted jobs count at their wait so far (baseline: all of them)")
+
+
+# S9 -----------------------------------------------------------------------------
+
+def test_s9_celery_native_calls(start_role, management, plain_worker, lanes_empty):
+    """The field reports' calls through switchyard_client: ``delay()`` one at a time,
+    each confirmed by the broker, beside plain Celery's confirmed ``send_task``; then
+    native quick calls while a slow backlog is deep (the S1 case, natively)."""
+    import switchyard_client
+
+    calls, backlog = scale(5_000, 1_000), scale(20_000, 2_000)
+    probes, span = scale(200, 40), scale(10, 4)
+    tenant = _tenant("s9", "standard")
+    _, url = broker_user_issue(tenant=tenant)
+    web, port = _web(start_role)
+    app = switchyard_client.connect(url, api_url=f"http://127.0.0.1:{port}", token=tenant.key)
+    quick_task = app.remote_task("demo.quick_task")
+    quick_task.delay(-1)  # the catalogue fetched, the connection open: as a running service
+    started = time.perf_counter()
+    for i in range(calls):
+        quick_task.delay(i)
+    native_rate = calls / (time.perf_counter() - started)
+    _purge(lanes_empty, "quick")
+
+    # Baseline: plain Celery's send_task with publisher confirms, one message at a time.
+    _, plain, _ = plain_worker(start_worker=False, queue="plain-s9")
+    plain.conf.broker_transport_options = {"confirm_publish": True}
+    plain.send_task("plain.noop", args=(-1,))
+    started = time.perf_counter()
+    for i in range(calls):
+        plain.send_task("plain.noop", args=(i,))
+    celery_rate = calls / (time.perf_counter() - started)
+    _purge(lanes_empty, "plain-s9")
+
+    # Native quick calls behind a slow backlog, each timed from its delay() call to its
+    # outcome in the job record (one clock: this machine's).
+    job_submit_bulk(tenant=tenant, jobs=[BulkJob("demo.slow_task", {"seconds": 1.0})] * backlog,
+                    enforce_quotas=False)
+    dispatcher = start_role("dispatcher")
+    slow = start_lane(start_role, management, "slow", SLOW_CONCURRENCY)
+    quick = start_lane(start_role, management, "quick", QUICK_CONCURRENCY)
+    harness.wait_for(lambda: Job.objects.filter(status="started").count() >= SLOW_CONCURRENCY,
+                     60, "slow workers busy", [slow])
+    sent = {}
+    for i in range(probes):
+        called = time.time()
+        sent[quick_task.delay(i).id] = called
+        time.sleep(span / probes)
+    harness.wait_for(lambda: _finished(sent) == probes, 60, "native quick calls",
+                     [slow, quick], interval=0.2)
+    finished = list(Job.objects.filter(id__in=list(sent)))
+    ours = [(job.finished_at.timestamp() - sent[str(job.id)]) * 1000 for job in finished]
+    # Where the time goes: the call to the worker's first sight (publish, queue,
+    # delivery), then first sight to the recorded outcome (admission, run, outcome).
+    to_sight = median([(job.submitted_at.timestamp() - sent[str(job.id)]) * 1000
+                       for job in finished])
+    to_outcome = median([(job.finished_at - job.submitted_at).total_seconds() * 1000
+                         for job in finished])
+    succeeded = Job.objects.filter(id__in=list(sent), status="succeeded").count()
+    for role in (slow, quick, dispatcher, web):
+        role.stop()
+    _purge(lanes_empty, "slow", "quick")
+
+    record("S9", "native delay(), confirmed, one at a time", native_rate, celery_rate, "calls/s",
+           target=">= 0.9x baseline", passed=native_rate >= 0.9 * celery_rate,
+           note="switchyard_client (catalogue routing, user_id, JSON, confirms) vs plain "
+                "Celery send_task with confirm_publish")
+    p50, p99 = percentile(ours, 50), percentile(ours, 99)
+    record("S9", "native quick end-to-end p50", p50, None, "ms", target="<= 10 ms",
+           passed=p50 <= 10,
+           note=f"{probes} quick.delay() calls over {span} s behind {backlog:,} slow jobs; "
+                f"{succeeded} succeeded; from the call to the recorded outcome (median "
+                f"{to_sight:.1f} ms to the worker's first sight, {to_outcome:.1f} ms from there); "
+                "plain Celery's one-queue figure is S1's baseline")
+    record("S9", "native quick end-to-end p99", p99, None, "ms", target="<= 50 ms",
+           passed=p99 <= 50)
+    distribution("S9 switchyard_client quick calls", ours)

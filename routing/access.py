@@ -24,6 +24,13 @@ What each role really does on the broker, and so needs:
   administration: that stays with ``rabbitmqctl`` on the broker's hosts.
 * ``keda`` reads queue depths from the management API and can touch no
   message (empty grants).
+* a **tenant's** user (``tenant-<name>``, or ``tenant-<name>.<service>`` for one
+  of its services; created by ``manage.py tenant_broker_user``, not by
+  definitions.json) publishes Celery-native task messages to ``tasks`` and
+  nothing else: no configure, no read, and a topic permission that lets it use
+  only its own tier's routing keys. Its messages carry the AMQP ``user_id``
+  property, which RabbitMQ refuses to let a connection forge, so the worker
+  knows which tenant sent them (``jobs.senders``).
 
 Celery's own names (``celeryev``, ``celery.pidbox``, ``reply.celery.pidbox``)
 are fixed by Celery and kombu, not by Switchyard.
@@ -159,6 +166,52 @@ def grants() -> list[Grant]:
         ),
     ]
     return found
+
+
+#: The roles whose messages are the platform's own (``jobs.senders``): they publish jobs
+#: that are already recorded, for any tenant.
+PLATFORM_ROLES = ("web", "dispatcher", "beat", "operator",
+                  *(f"worker-{lane.name}" for lane in topology.LANES))
+#: Prefix of the RabbitMQ users of tenants (never a role's ``switchyard-`` prefix).
+TENANT_USER_PREFIX = "tenant-"
+#: A tenant's name, or a service's (``manage.py tenant_broker_user --service``).
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def platform_users() -> frozenset[str]:
+    """The RabbitMQ users of the platform's own roles (``switchyard-web``, ...)."""
+    return frozenset(grant(role).user for role in PLATFORM_ROLES)
+
+
+def tenant_user(tenant: str, service: str = "", *, prefix: str = TENANT_USER_PREFIX) -> str:
+    """The RabbitMQ user a tenant's service publishes as: ``tenant-<tenant>`` or
+    ``tenant-<tenant>.<service>`` (names of lower-case letters, digits, ``-``, ``_``)."""
+    for what, value in (("tenant", tenant), ("service", service)):
+        if (value or what == "tenant") and not _NAME.match(value):
+            raise ValueError(f"{what} name {value!r}: lower-case letters, digits, - and _")
+    return prefix + tenant + (f".{service}" if service else "")
+
+
+@dataclass(frozen=True)
+class TenantGrant:
+    """What a tenant's user may do on the vhost: publish task messages of its tier to
+    ``tasks``, nothing else (RabbitMQ: permissions plus a topic permission)."""
+
+    user: str
+    tier: str
+    configure: str = "^$"
+    write: str = _exactly(topology.EXCHANGE_NAME)
+    read: str = "^$"
+    topic_exchange: str = topology.EXCHANGE_NAME
+
+    @property
+    def topic_write(self) -> str:
+        """Routing keys it may publish with: ``<any lane>.<its tier>.<any task>``."""
+        lanes = "|".join(re.escape(lane.name) for lane in topology.LANES)
+        return rf"^({lanes})\.{re.escape(self.tier)}\..+$"
+
+    #: It binds nothing to ``tasks``: no routing key may be read.
+    topic_read: str = "^$"
 
 
 def grant(role: str) -> Grant:

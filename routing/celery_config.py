@@ -4,6 +4,8 @@ Kept free of Django so that any Python service can build the same routing.
 """
 from __future__ import annotations
 
+import functools
+import urllib.parse
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -25,6 +27,12 @@ PROMOTED_HEADER = "switchyard_promoted"
 
 class RoutingError(LookupError):
     """A task cannot be routed: it declares no lane, or an unknown one."""
+
+
+@functools.lru_cache(maxsize=8)
+def broker_user(amqp_url: str) -> str:
+    """The RabbitMQ user an AMQP URL logs in as (kombu's default: ``guest``)."""
+    return urllib.parse.unquote(urllib.parse.urlsplit(amqp_url).username or "guest")
 
 
 def task_queues() -> list[Queue]:

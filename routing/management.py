@@ -87,11 +87,12 @@ class Management:
     def for_broker(cls, amqp_url: str | None = None, timeout: float = 5.0) -> Management:
         return cls.from_url(management_url_for(amqp_url or broker_url()), timeout=timeout)
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
+    def request(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> Any:
         """Call ``/api/<path>``; return the decoded JSON (None for an empty answer)."""
         url = f"{self.base}/api/{path.lstrip('/')}"
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method)
+        req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
         token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
         req.add_header("Authorization", f"Basic {token}")
         req.add_header("Content-Type", "application/json")
@@ -142,6 +143,46 @@ class Management:
         except ManagementError as exc:
             if "HTTP 404" not in str(exc):
                 raise
+
+    # -- users (tenants' broker users: manage.py tenant_broker_user) ---------------------
+
+    def put_user(self, name: str, password: str, tags: str = "") -> None:
+        """Create ``name``, or set its password (its open connections stay open)."""
+        self.request("PUT", f"users/{self.q(name)}", {"password": password, "tags": tags})
+
+    def user_record(self, name: str) -> dict[str, Any] | None:
+        return self.get_or_none(f"users/{self.q(name)}")
+
+    def delete_user(self, name: str) -> None:
+        try:
+            self.request("DELETE", f"users/{self.q(name)}")
+        except ManagementError as exc:
+            if "HTTP 404" not in str(exc):
+                raise
+
+    def set_permissions(self, vhost: str, user: str, *, configure: str, write: str,
+                        read: str) -> None:
+        self.request("PUT", f"permissions/{self.q(vhost)}/{self.q(user)}",
+                     {"configure": configure, "write": write, "read": read})
+
+    def set_topic_permissions(self, vhost: str, user: str, *, exchange: str, write: str,
+                              read: str) -> None:
+        self.request("PUT", f"topic-permissions/{self.q(vhost)}/{self.q(user)}",
+                     {"exchange": exchange, "write": write, "read": read})
+
+    def close_user_connections(self, user: str, reason: str) -> int:
+        """Close every connection ``user`` has open (any vhost); return how many."""
+        closed = 0
+        for conn in self.get("connections") or []:
+            if conn.get("user") == user:
+                try:
+                    self.request("DELETE", f"connections/{self.q(conn['name'])}",
+                                 headers={"X-Reason": reason})
+                    closed += 1
+                except ManagementError as exc:
+                    if "HTTP 404" not in str(exc):  # closed meanwhile
+                        raise
+        return closed
 
     # -- reads used by verify, metrics and operators -------------------------------------
 

@@ -54,6 +54,10 @@ def broker_vhost(management: Management):
         _unreachable(str(exc))
     yield vhost
     management.delete_vhost(vhost)
+    # Tenants' broker users (manage.py tenant_broker_user) are node-wide: remove this run's.
+    for user in management.get("users") or []:
+        if user["name"].startswith(settings.SWITCHYARD_BROKER_USER_PREFIX):
+            management.delete_user(user["name"])
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,11 @@ for anyone else.
 """
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from routing import access, definitions
 from routing.management import Management
@@ -44,6 +45,18 @@ def imported_users(management: Management, vhost: str, amqp_host: str = "127.0.0
                 management.request("DELETE", f"users/{Management.q(user['name'])}")
             except Exception:  # noqa: BLE001 - best effort; the next user still goes
                 pass
+
+
+def platform_users(urls: dict[str, str]) -> str:
+    """``SWITCHYARD_PLATFORM_BROKER_USERS`` for roles logged in with ``urls``
+    (``imported_users``): their users' names carry the test's prefix, so the workers
+    must be told which users are the platform's, as an operator with other names would."""
+    users = {unquote(urlsplit(url).username) for role, url in urls.items()
+             if role in access.PLATFORM_ROLES}
+    # And the test process's own login (guest), which submits the tests' jobs.
+    users.update(u for u in os.environ.get("SWITCHYARD_PLATFORM_BROKER_USERS", "").split(",")
+                 if u)
+    return ",".join(sorted(users))
 
 
 def management_url(amqp_url: str, management: Management) -> str:

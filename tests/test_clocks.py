@@ -24,6 +24,7 @@ from jobs.options import Link, SubmitOptions
 from jobs.outcomes import job_record_failure, job_record_success
 from jobs.publishing import publish_job
 from jobs.retention import job_prune_finished
+from jobs.senders import Sender
 from jobs.submission import job_cancel, job_submit
 from switchyard import clock
 from switchyard.celery import app
@@ -120,14 +121,17 @@ def test_a_failed_follow_up_and_finish_are_on_the_database_clock(host_clock_ahea
 
 
 def test_a_native_message_is_admitted_on_the_database_clock(host_clock_ahead, tenant):
-    # Given a Celery-native delivery already in the tenant's band, lane and tier
+    # Given a Celery-native delivery of the tenant's broker user, already in the tenant's
+    # band, lane and tier
     task = app.tasks["demo.quick_task"]
     task_id = str(uuid.uuid4())
-    task.push_request(id=task_id, tenant=tenant.name, delivery_info={
+    task.push_request(id=task_id, delivery_info={
         "priority": 7, "routing_key": "quick.premium.demo.quick_task"})
+    sender = Sender(username="tenant-clocks", tenant=tenant)
     try:
         # When a worker an hour ahead sees it first
-        assert job_admit_native(task=task, task_id=task_id, args=(), kwargs={"x": 1})
+        assert job_admit_native(task=task, task_id=task_id, args=(), kwargs={"x": 1},
+                                sender=sender) == {"x": 1}
     finally:
         task.pop_request()
     # Then its record's times are the database's

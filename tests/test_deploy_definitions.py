@@ -23,7 +23,7 @@ from pika.exceptions import ChannelClosedByBroker
 
 from routing import access, definitions, topology
 from routing.management import Management
-from tests.deploy_support import imported_users, management_url
+from tests.deploy_support import imported_users, management_url, platform_users
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = json.loads((REPO / definitions.COMMITTED_PATH).read_text())
@@ -201,7 +201,8 @@ def test_roles_run_end_to_end_with_their_own_logins(start_role, broker_vhost, ma
         roles = [
             start_role("dispatcher", CELERY_BROKER_URL=urls["dispatcher"]),
             start_role("worker", "quick", CELERY_BROKER_URL=urls["worker-quick"],
-                       SWITCHYARD_QUICK_CONCURRENCY="1"),
+                       SWITCHYARD_QUICK_CONCURRENCY="1",
+                       SWITCHYARD_PLATFORM_BROKER_USERS=platform_users(urls)),
             start_role("flower", CELERY_BROKER_URL=urls["flower"], FLOWER_PORT=str(port),
                        FLOWER_BASIC_AUTH=auth),
         ]

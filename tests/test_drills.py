@@ -26,7 +26,7 @@ from routing import topology
 from routing.management import Management, with_vhost
 from tenants.models import Tenant
 from tests import runbooks
-from tests.deploy_support import imported_users
+from tests.deploy_support import imported_users, platform_users
 from tests.processes import BIN, REPO, Role, role_env, wait_until
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers]
@@ -54,6 +54,7 @@ def test_poison_message_lands_in_slow_dead_and_replays_after_the_fix(
     book = "poison-messages.md"
     # Given a worker of the slow lane, logged in with its own least privilege
     worker = start_role("worker", "slow", CELERY_BROKER_URL=users["worker-slow"],
+                        SWITCHYARD_PLATFORM_BROKER_USERS=platform_users(users),
                         SWITCHYARD_SLOW_CONCURRENCY="1")
     tenant = Tenant.objects.create(name="acme", tier="premium")
     marker = tmp_path / "bug-not-fixed-yet"
@@ -215,6 +216,7 @@ def test_drain_stops_a_lane_without_losing_its_in_flight_task(start_role, users)
     operator = role_env(users["operator"])
     # Given a slow worker (one process) running a task, and another job waiting behind it
     worker = start_role("worker", "slow", CELERY_BROKER_URL=users["worker-slow"],
+                        SWITCHYARD_PLATFORM_BROKER_USERS=platform_users(users),
                         SWITCHYARD_SLOW_CONCURRENCY="1")
     tenant = Tenant.objects.create(name="drained", tier="standard")
     running, _ = job_submit(tenant=tenant, task="demo.slow_task", params={"seconds": 10})
@@ -245,6 +247,7 @@ def test_drain_stops_a_lane_without_losing_its_in_flight_task(start_role, users)
 
     # And a new worker picks the waiting job up: nothing was lost
     again = start_role("worker", "slow", name="worker-slow-again",
-                       CELERY_BROKER_URL=users["worker-slow"])
+                       CELERY_BROKER_URL=users["worker-slow"],
+                       SWITCHYARD_PLATFORM_BROKER_USERS=platform_users(users))
     wait_until(lambda: Job.objects.get(id=waiting.id).status == Job.Status.SUCCEEDED, 60,
                "the waiting job to run after the drain", roles=[again])

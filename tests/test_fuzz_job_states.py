@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from celery.exceptions import Reject
+from django.conf import settings as django_settings
 from django.utils import timezone
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -32,6 +33,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+import routing.celery_config as routing_celery
 from jobs.dispatch import job_publish_due, job_reap_lost
 from jobs.errors import NotCancellable
 from jobs.models import Job
@@ -54,6 +56,8 @@ S = Job.Status
 WAITING = {S.QUEUED, S.RETRYING}
 FINISHED = set(Job.FINISHED)
 TASK = "demo.quick_task"
+#: The broker user the platform's own messages come from in this run (guest).
+PLATFORM = routing_celery.broker_user(django_settings.CELERY_BROKER_URL)
 #: Transitions the run took, (from, to): the test fails if a kind it must exercise is missing.
 TAKEN: set[tuple[str, str]] = set()
 
@@ -128,7 +132,8 @@ class JobStates(RuleBasedStateMachine):
         number = {"latest": exp.publications, "older": exp.publications - 1,
                   "unnumbered": None}[copy]
         task = app.tasks[TASK]
-        request = {"id": job_id, "hostname": "quick@fuzz",
+        # Sent by the platform (the user this process logs in as), as send_job sends it.
+        request = {"id": job_id, "hostname": "quick@fuzz", "properties": {"user_id": PLATFORM},
                    "delivery_info": {"redelivered": redelivered,
                                      "routing_key": topology.routing_key("quick", "standard",
                                                                          TASK)}}
@@ -136,7 +141,7 @@ class JobStates(RuleBasedStateMachine):
             request["switchyard_publication"] = number
         task.push_request(**request)
         try:
-            began = job_begin(task=task, task_id=job_id, args=(), kwargs={"x": 1})
+            began = job_begin(task=task, task_id=job_id, args=(), kwargs={"x": 1}) is not None
             rejected = False
         except Reject:
             began, rejected = False, True

@@ -20,6 +20,7 @@ from jobs.submission import job_submit
 from routing import topology
 from switchyard.worker import REASON_HEADER
 from tenants.models import Tenant
+from tenants.services import broker_user_issue
 from tests.processes import wait_until
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers]
@@ -174,14 +175,18 @@ def test_pickle_from_a_real_tenant_never_runs_where_json_would(start_role, manag
     assert "application/x-python-serialize" in dead.headers[REASON_HEADER]
     assert not Job.objects.filter(id=task_id).exists()
 
-    # And the same call in JSON does run (the witness would have seen the pickle's run)
+    # And the same call in JSON, from the tenant's broker user, does run (the witness
+    # would have seen the pickle's run)
     json_id = str(uuid.uuid4())
-    with Connection(broker_url) as conn:
-        Producer(conn.default_channel).publish(
-            [[], {"seconds": 0}, embed], exchange=Exchange(topology.EXCHANGE_NAME, type="topic"),
-            routing_key="quick.standard.demo.witness", serializer="json",
+    user, tenant_url = broker_user_issue(tenant=Tenant.objects.get(name="acme"))
+    with Connection(tenant_url) as conn:
+        Producer(conn.default_channel, auto_declare=False).publish(
+            [[], {"seconds": 0}, embed],
+            exchange=Exchange(topology.EXCHANGE_NAME, type="topic", no_declare=True),
+            routing_key="quick.standard.demo.witness", serializer="json", declare=[],
+            user_id=user.username,
             headers={"task": "demo.witness", "id": json_id, "lang": "py", "argsrepr": "()",
-                     "kwargsrepr": "{}", "tenant": "acme", "tier": "standard"})
+                     "kwargsrepr": "{}", "tier": "standard"})
     wait_until(lambda: Job.objects.filter(id=json_id, status="succeeded").exists(), 30,
                "the JSON call to succeed", roles=[worker])
     runs = [line for log in witness.iterdir() for line in log.read_text().split()]

@@ -1,38 +1,60 @@
 """Admission of task messages that did not come through ``job_submit`` (Celery-native).
 
 Run by the worker: ``jobs.task.job_begin`` calls it for a delivery whose job id
-has no record yet.
+has no record yet. An internal service calls Switchyard with Celery's own API
+(``task.delay(...)``, ``apply_async(...)``, ``send_task``; ``switchyard_client``
+sets it up), publishing straight to the ``tasks`` exchange as its tenant's broker
+user. The first worker that sees such a message records it as the REST API would
+have, and gives every ``apply_async`` option its meaning (docs/api.md, "Celery's
+own calling API"):
 
-An internal service that already speaks Celery may publish straight to the
-``tasks`` exchange with ``<lane>.<tier>.<task>`` and its tenant in the
-``tenant`` header. RabbitMQ cannot authorise a message's priority property
-(topic permissions cover routing keys only), so the first worker that sees
-such a message holds it to the tenant's record:
+* the tenant is the one the broker vouches for (``jobs.senders``: the message's
+  validated ``user_id``), whatever a ``tenant`` header claims; its tier and band
+  come from its record;
+* only tasks of the catalogue run (no ``celery.*`` builtin, no internal task);
+* positional arguments fill the task's parameters in order; the params are
+  checked against the task's schema as the API checks them;
+* ``countdown`` / ``eta``: the job is recorded with its ``run_at`` and this
+  delivery acknowledged; the dispatcher publishes it when due (never held in a
+  worker's prefetch window). ``expires``: the job's ``expires_at``, enforced on
+  the database's clock;
+* the priority is clamped into the tenant's band; a message on another tier's
+  routing key, another lane (``queue=`` / ``routing_key=`` naming it), or outside
+  its band is recorded where it belongs (``received_as`` keeps what it came as),
+  re-published there, and this delivery acknowledged unrun: cheating gains
+  nothing over asking legitimately;
+* ``link`` / ``link_error`` signatures become the job's follow-ups, with Celery's
+  semantics: the parent's result (for ``link_error``, the failed job's id) is the
+  linked task's first argument unless the signature is immutable (``.si()``);
+* the job counts against the tenant's quotas; over them, it is recorded ``dead``
+  with the quota's reason.
 
-* the tenant's tier and band come from ``tenants.Tenant``, whatever the
-  routing key or the priority property claimed;
-* a message already in the right band, tier and lane (``SwitchyardTask.lane_for``
-  of its params: the lane ``job_submit`` would have chosen) runs;
-* any other is re-published with the routing key and priority the tenant is
-  entitled to (the priority clamped into its band, as ``job_submit`` would
-  place it), and this delivery is acknowledged unrun. A cheater's message is
-  delivered early once, runs nothing, and then waits where it belongs:
-  cheating gains nothing over asking legitimately;
-* an unknown or inactive tenant, positional arguments, or the platform's own
-  ``system`` name on a public task: the job is recorded ``dead`` with the
-  reason and the message is rejected into ``<lane>.dead``.
+Whatever is refused (an unknown sender, an unknown task, bad params, a chain,
+a quota) is recorded ``dead`` with the reason, and the message rejected into
+``<lane>.dead``: nothing is dropped silently. A message from one of the
+platform's own users (beat, or a message published before its job record
+existed) keeps its ``tenant`` header, which only the platform can have set.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from celery.exceptions import Reject
 from django.db import IntegrityError
+from django.utils.dateparse import parse_datetime
 
 import routing.celery_config as routing_celery
+from jobs.catalogue import InvalidParams, catalogue_task, positional_names, validate_params
+from jobs.errors import QuotaExceeded
 from jobs.models import Job
+from jobs.options import MAX_DELAY, RetryPolicy
 from jobs.publishing import publish_job
+from jobs.quotas import check_quotas
+from jobs.senders import Sender
 from jobs.signals import job_events_for
 from routing import priorities, topology
 from switchyard.clock import platform_now
@@ -40,6 +62,14 @@ from tenants.models import Tenant
 from tenants.selectors import tenant_by_name
 
 logger = logging.getLogger(__name__)
+
+#: Header a Celery-native caller may set to give its job a retry policy (the REST API's
+#: ``options.retry_policy``; Celery's own ``retry_policy`` only retries the publish).
+RETRY_POLICY_HEADER = "switchyard_retry_policy"
+
+
+class Refused(ValueError):
+    """Why a native message cannot become a runnable job."""
 
 
 def jsonable(value):
@@ -51,64 +81,195 @@ def jsonable(value):
     return value
 
 
-def job_admit_native(*, task, task_id: str, args, kwargs) -> bool:
-    """Record a Celery-native delivery; True if it may run now.
+def native_params(task, args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> dict:
+    """The job's params from a message's positional and keyword arguments: positional
+    ones fill the task's parameters in order (``Refused`` naming the problem)."""
+    names = positional_names(task)
+    args = list(args or ())
+    if len(args) > len(names):
+        raise Refused(f"{task.name} takes {len(names)} positional argument(s) "
+                      f"({', '.join(names) or 'none'}), got {len(args)}")
+    params = dict(zip(names, args, strict=False))
+    twice = sorted(set(params) & set(kwargs or {}))
+    if twice:
+        raise Refused(f"{task.name} got {twice[0]!r} both as a positional and a keyword "
+                      "argument")
+    params.update(kwargs or {})
+    return params
 
-    False: re-published in the tenant's band, this delivery must be acked unrun.
-    Raises ``Reject`` (no requeue) after recording the job ``dead`` with its reason.
+
+def job_admit_native(*, task, task_id: str, args, kwargs, sender: Sender) -> dict | None:
+    """Record a Celery-native delivery; the params to run it with now, or None.
+
+    None: recorded for later (``eta``) or re-published where it belongs; this delivery
+    must be acknowledged unrun. Raises ``Reject`` (no requeue) after recording the job
+    ``dead`` with its reason.
     """
     request = task.request
     delivery = request.delivery_info or {}
-    tenant_name = getattr(request, routing_celery.TENANT_HEADER, None) or ""
-    # The platform's clock: the dispatcher and promotion compare these times with it.
-    now = platform_now()
-    job = Job(id=task_id, task=task.name, lane=task.lane, tenant_name=tenant_name[:63] or "-",
-              params=jsonable(dict(kwargs or {})), submitted_at=now, published_at=now,
-              expires_at=getattr(request, "expires", None) or None)
-
-    tenant = tenant_by_name(name=tenant_name) if tenant_name else None
-    reason = None
-    if tenant_name == routing_celery.SYSTEM_TENANT and not getattr(task, "public", True):
-        tier = priorities.DEFAULT_TIER  # the platform's own periodic work
-    elif tenant is None or not tenant.is_active:
-        reason = f"unknown or inactive tenant {tenant_name!r} in the tenant header"
-        tier = priorities.DEFAULT_TIER
-    else:
-        tier = priorities.tier(tenant.tier)
-        job.tenant = tenant
-    if reason is None and args:
-        reason = "positional arguments are not accepted; pass keyword arguments"
-
-    job.tier = tier.name
-    job.lane = _lane_for(task, kwargs, job.tenant)
-    job.routing_key = topology.routing_key(job.lane, tier.name, task.name)
+    now = platform_now()  # the dispatcher and promotion compare these times with it
+    tenant, tenant_name, refusal = _tenant_of(request, sender)
+    tier = priorities.tier(tenant.tier) if tenant else priorities.DEFAULT_TIER
+    job = Job(id=task_id, task=task.name, lane=task.lane, tenant=tenant, tier=tier.name,
+              tenant_name=tenant_name[:63] or "-", params=jsonable(dict(kwargs or {})),
+              routing_key=topology.routing_key(task.lane, tier.name, task.name),
+              submitted_at=now, published_at=now)
     claimed = delivery.get("priority")
     job.priority = tier.clamp(claimed)
-    if reason:
-        job.status, job.error, job.finished_at = Job.Status.DEAD, reason, now
+    received = delivery.get("routing_key") or ""
+    if received != job.routing_key:
+        job.received_as = received[:300]
+    try:
+        if refusal:
+            raise Refused(refusal)
+        _check_task(task, sender)
+        job.params = native_params(task, args, kwargs)
+        if not sender.platform:
+            _validate(task, job.params, tenant)
+        job.run_at, job.expires_at = _schedule(request, now)
+        _apply_links(job, request, task)
+        _apply_retry_policy(job, request)
+        if tenant is not None and not sender.platform:
+            check_quotas(tenant, now)
+    except QuotaExceeded as exc:
+        _dead(job, f"quota exceeded: {exc}", now)
+    except Refused as exc:
+        _dead(job, str(exc), now)
+    job.lane = _lane_for(task, job.params, tenant)
+    job.routing_key = topology.routing_key(job.lane, tier.name, task.name)
+    job.received_as = "" if received == job.routing_key else received[:300]
+    in_band = claimed is not None and claimed in tier and received == job.routing_key
+    if job.run_at is not None:
+        # Due later: the dispatcher publishes it then; nothing waits in a worker.
+        job.published_at = None
         _save_first_sight(job)
-        logger.warning("dead-lettering native job %s: %s", task_id, reason)
-        raise Reject(reason, requeue=False)
-
-    in_band = claimed is not None and claimed in tier and delivery.get("routing_key") == (
-        job.routing_key)
+        logger.info("native job %s recorded to run at %s", task_id, job.run_at.isoformat())
+        return None
     if in_band:
-        _save_first_sight(job)
-        return True
+        return job.params if _save_first_sight(job) else None
     job.published_at = None
     if not _save_first_sight(job):
-        return False  # another delivery of the same id got here first
+        return None  # another delivery of the same id got here first
     logger.info("native job %s claimed %s priority %s; re-published as %s priority %s",
-                task_id, delivery.get("routing_key"), claimed, job.routing_key, job.priority)
+                task_id, received, claimed, job.routing_key, job.priority)
     publish_job(job)
-    return False
+    return None
 
 
-def _lane_for(task, kwargs, tenant: Tenant | None) -> str:
+def _tenant_of(request, sender: Sender) -> tuple[Tenant | None, str, str]:
+    """``(tenant, its name, why refused)`` of a message: the broker user's tenant, or for
+    the platform's own messages the one its ``tenant`` header names."""
+    if not sender.platform:
+        if sender.tenant is None:
+            return None, sender.username or "-", sender.refusal
+        return sender.tenant, sender.tenant.name, ""
+    name = getattr(request, routing_celery.TENANT_HEADER, None) or routing_celery.SYSTEM_TENANT
+    if name == routing_celery.SYSTEM_TENANT:
+        return None, name, ""
+    tenant = tenant_by_name(name=name)
+    if tenant is None or not tenant.is_active:
+        return None, name, f"unknown or inactive tenant {name!r} in the tenant header"
+    return tenant, name, ""
+
+
+def _check_task(task, sender: Sender) -> None:
+    if sender.platform:
+        return
+    if catalogue_task(task.name) is None:
+        raise Refused(f"task {task.name!r} is not in the catalogue (/api/v1/tasks)")
+
+
+def _validate(task, params: dict, tenant: Tenant | None) -> None:
+    try:
+        validate_params(catalogue_task(task.name), params, tenant=tenant)
+    except InvalidParams as exc:
+        raise Refused(f"{exc.field}: {exc.message}") from None
+
+
+def _instant(value: Any, what: str) -> dt.datetime | None:
+    if value in (None, ""):
+        return None
+    parsed = value if isinstance(value, dt.datetime) else parse_datetime(str(value))
+    if parsed is None or parsed.tzinfo is None:
+        raise Refused(f"{what} {value!r} is not an ISO 8601 time with a time zone")
+    return parsed
+
+
+def _schedule(request, now: dt.datetime) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """``(run_at, expires_at)`` from the message's ``eta`` (Celery turns ``countdown``
+    into one) and ``expires``, instants on the caller's clock."""
+    eta = _instant(getattr(request, "eta", None), "eta")
+    expires = _instant(getattr(request, "expires", None), "expires")
+    if eta is not None and eta - now > MAX_DELAY:
+        raise Refused(f"eta {eta.isoformat()} is more than {MAX_DELAY.days} days ahead")
+    run_at = eta if eta is not None and eta > now else None
+    return run_at, expires
+
+
+def _signature_link(signature: Any, task, *, what: str) -> dict:
+    """A job's ``link`` / ``link_error`` from a Celery signature (a dict in the message)."""
+    if not isinstance(signature, Mapping) or not isinstance(signature.get("task"), str):
+        raise Refused(f"{what}: not a Celery signature")
+    linked = catalogue_task(signature["task"])
+    if linked is None:
+        raise Refused(f"{what}: task {signature['task']!r} is not in the catalogue")
+    registered = task.app.tasks[linked.name]
+    args = list(signature.get("args") or ())
+    mutable = not signature.get("immutable")
+    if mutable:
+        # Celery's semantics: the parent's outcome comes first, before the signature's args
+        # (a placeholder here, filled in when the parent ends: jobs.outcomes).
+        args.insert(0, None)
+    try:
+        params = native_params(registered, args, signature.get("kwargs") or {})
+    except Refused as exc:
+        hint = " (its first argument is the parent's result; or use .si())" if mutable else ""
+        raise Refused(f"{what}: {exc}{hint}") from None
+    spec: dict[str, Any] = {"task": linked.name, "params": params}
+    if mutable:
+        spec["result_param"] = positional_names(registered)[0]
+    return spec
+
+
+def _apply_links(job: Job, request, task) -> None:
+    if getattr(request, "chain", None) or getattr(request, "chord", None):
+        raise Refused("chains and chords are not run on the Celery-native path yet; submit "
+                      "each step with link, or use the REST API")
+    for field, signatures in (("link", request.callbacks), ("link_error", request.errbacks)):
+        signatures = list(signatures or ())
+        if len(signatures) > 1:
+            raise Refused(f"{field}: at most one signature (got {len(signatures)})")
+        if signatures:
+            setattr(job, field, _signature_link(signatures[0], task, what=field))
+
+
+def _apply_retry_policy(job: Job, request) -> None:
+    data = getattr(request, RETRY_POLICY_HEADER, None)
+    if data is None:
+        return
+    try:
+        policy = RetryPolicy(**data)
+        if not 0 <= int(policy.max_retries) <= 25:
+            raise ValueError("max_retries must be between 0 and 25")
+    except (TypeError, ValueError) as exc:
+        raise Refused(f"{RETRY_POLICY_HEADER}: {exc}") from None
+    job.retry_policy = data
+    job.max_attempts = 1 + int(policy.max_retries)
+
+
+def _dead(job: Job, reason: str, now: dt.datetime) -> None:
+    job.status, job.error, job.finished_at = Job.Status.DEAD, reason[:5000], now
+    job.run_at = None
+    _save_first_sight(job)
+    logger.warning("dead-lettering native job %s: %s", job.id, reason)
+    raise Reject(reason, requeue=False)
+
+
+def _lane_for(task, params, tenant: Tenant | None) -> str:
     """The lane the task picks for these params (as ``job_submit`` would); a message on
     another lane is re-published on this one, like one claiming the wrong tier."""
     try:
-        return topology.lane(task.lane_for(dict(kwargs or {}), tenant=tenant)).name
+        return topology.lane(task.lane_for(dict(params or {}), tenant=tenant)).name
     except Exception:  # bad params: the task itself will refuse them, in its declared lane
         logger.warning("task %s could not pick a lane for a native message; using %s",
                        task.name, task.lane, exc_info=True)

@@ -34,7 +34,7 @@ from jobs.serializers import (
     parse_options,
 )
 from jobs.submission import job_cancel, job_submit
-from routing import topology
+from routing import priorities, topology
 
 
 class JobListSubmitApi(APIView):
@@ -150,7 +150,9 @@ class JobCancelApi(APIView):
 
 
 class TaskCatalogueApi(APIView):
-    """``GET /api/v1/tasks``: the tasks the API accepts, their lane and parameter schema."""
+    """``GET /api/v1/tasks``: the tasks the API accepts, their lane and parameter schema,
+    and for the caller where a Celery-native message of each goes (``switchyard_client``
+    routes by it)."""
 
     class OutputSerializer(serializers.Serializer):
         name = serializers.CharField()
@@ -159,7 +161,27 @@ class TaskCatalogueApi(APIView):
         params_schema = serializers.DictField()
         accepts_batches = serializers.BooleanField()
         item_schema = serializers.DictField(allow_null=True)
+        positional = serializers.ListField(
+            child=serializers.CharField(),
+            help_text="the parameter names positional arguments fill, in order")
+        exchange = serializers.SerializerMethodField()
+        routing_key = serializers.SerializerMethodField(
+            help_text="where a native message of this task goes for the caller's tier")
+        priority_band = serializers.SerializerMethodField(
+            help_text="[low, high]: the caller's absolute AMQP priorities (higher first)")
+
+        def get_exchange(self, task) -> str:
+            return topology.EXCHANGE_NAME
+
+        def get_routing_key(self, task) -> str:
+            return topology.routing_key(task.lane, self.context["tier"].name, task.name)
+
+        def get_priority_band(self, task) -> list[int]:
+            tier = self.context["tier"]
+            return [tier.low, tier.high]
 
     @extend_schema(responses={200: OutputSerializer(many=True)})
     def get(self, request):
-        return Response(self.OutputSerializer(catalogue(), many=True).data)
+        tier = priorities.tier(request.auth.tier)
+        return Response(self.OutputSerializer(catalogue(), many=True,
+                                              context={"tier": tier}).data)

@@ -10,6 +10,7 @@ batch is checked in a fraction of a second, inside the 3 s the batch API promise
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,9 @@ class CatalogueTask:
     item_schema: dict | None = None
     #: The batch task's ``check_item(item, tenant=...)``: what a schema cannot judge.
     check_item: Callable[..., None] | None = field(default=None, compare=False, repr=False)
+    #: The parameter names positional arguments map onto, in order (Celery-native
+    #: ``task.delay(10)``): the task function's own positional parameters.
+    positional: tuple[str, ...] = ()
 
     @property
     def accepts_batches(self) -> bool:
@@ -68,8 +72,26 @@ class InvalidParams(ValueError):
         self.message = message
 
 
+#: ``catalogue()`` as last built, with the size of the task registry it was built from:
+#: tasks register at import, so the registry only grows while modules load.
+_built: tuple[int, list[CatalogueTask], dict[str, CatalogueTask]] | None = None
+
+
 def catalogue() -> list[CatalogueTask]:
     """Every public task with a lane, sorted by name."""
+    return list(_catalogue()[1])
+
+
+def _catalogue() -> tuple[int, list[CatalogueTask], dict[str, CatalogueTask]]:
+    global _built
+    registered = len(app.tasks)
+    if _built is None or _built[0] != registered:
+        found = _build()
+        _built = (registered, found, {task.name: task for task in found})
+    return _built
+
+
+def _build() -> list[CatalogueTask]:
     found = []
     for name, task in sorted(app.tasks.items()):
         if getattr(task, "lane", None) is None or not getattr(task, "public", True):
@@ -78,12 +100,24 @@ def catalogue() -> list[CatalogueTask]:
         found.append(CatalogueTask(name=name, lane=task.lane, description=doc,
                                    params_schema=task.params_schema or ANY_OBJECT,
                                    item_schema=getattr(task, "item_schema", None),
-                                   check_item=getattr(task, "check_item", None)))
+                                   check_item=getattr(task, "check_item", None),
+                                   positional=positional_names(task)))
     return found
 
 
+def positional_names(task) -> tuple[str, ...]:
+    """The names of ``task``'s parameters that a positional argument can fill, in order
+    (a bound task's ``self`` excluded)."""
+    try:
+        parameters = inspect.signature(task.run).parameters.values()
+    except (TypeError, ValueError):
+        return ()
+    return tuple(p.name for p in parameters
+                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
 def catalogue_task(name: str) -> CatalogueTask | None:
-    return next((t for t in catalogue() if t.name == name), None)
+    return _catalogue()[2].get(name)
 
 
 @functools.lru_cache(maxsize=256)

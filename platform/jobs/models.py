@@ -63,6 +63,10 @@ class Job(models.Model):
         help_text="Absolute RabbitMQ priority (higher first)."
     )
     routing_key = models.CharField(max_length=300)
+    received_as = models.CharField(
+        max_length=300, blank=True,
+        help_text="The routing key a Celery-native message came with, when the job runs "
+                  "under another (its lane, tier or band corrected).")
     params = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     attempts = models.PositiveIntegerField(default=0)

@@ -33,10 +33,16 @@ logger = logging.getLogger(__name__)
 LOST_DELIVERY_ALLOWANCE = 2
 
 
-def _submit_followup(parent: Job, spec: Mapping[str, Any]) -> Job | None:
-    """Submit ``parent``'s link or link_error for the same tenant, published after commit."""
+def _submit_followup(parent: Job, spec: Mapping[str, Any], *, passed: Any) -> Job | None:
+    """Submit ``parent``'s link or link_error for the same tenant, published after commit.
+
+    A follow-up from a Celery signature (``jobs.admission``) names the parameter that
+    receives ``passed``: the parent's result for a link, its id for a link_error."""
+    params = dict(spec.get("params") or {})
+    if spec.get("result_param"):
+        params[spec["result_param"]] = passed
     try:
-        child = new_job(tenant=parent.tenant, task=spec["task"], params=spec.get("params") or {},
+        child = new_job(tenant=parent.tenant, task=spec["task"], params=params,
                         priority=None, absolute_priority=parent.priority, now=platform_now())
     except UnknownTask:  # unregistered since the parent was accepted
         logger.error("job %s: linked task %r is no longer registered", parent.id, spec["task"])
@@ -67,7 +73,7 @@ def job_record_success(*, job_id, result: Any, failed_items: int = 0,
         if updated:
             job = Job.objects.select_related("tenant").get(id=job_id)
             if job.link:
-                _submit_followup(job, job.link)
+                _submit_followup(job, job.link, passed=job.result)
     return bool(updated)
 
 
@@ -101,7 +107,7 @@ def job_record_failure(*, job_id, error: str, retryable: bool = True,
     with transaction.atomic():
         updated = started.update(status=Job.Status.FAILED, finished_at=now, error=error)
         if updated and job.link_error:
-            _submit_followup(job, job.link_error)
+            _submit_followup(job, job.link_error, passed=str(job.id))
     return Job.Status.FAILED if updated else None
 
 
@@ -112,7 +118,7 @@ def job_record_dead(*, job: Job, runnable: Collection[str], reason: str) -> bool
         updated = Job.objects.filter(id=job.id, status__in=runnable).update(
             status=Job.Status.DEAD, finished_at=Now(), error=reason[:5000])
         if updated and job.link_error:
-            _submit_followup(job, job.link_error)
+            _submit_followup(job, job.link_error, passed=str(job.id))
         if updated:
             transaction.on_commit(lambda: job_events_for("dead", [job]))
     return bool(updated)

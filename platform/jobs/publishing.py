@@ -122,7 +122,8 @@ class MessageTemplate:
         return cls(exchange=sent["exchange"], routing_key=sent["routing_key"],
                    constant_entries=wire.encode_table_entries(headers),
                    properties=wire.Properties(delivery_mode=sent["delivery_mode"],
-                                              reply_to=sent.get("reply_to")))
+                                              reply_to=sent.get("reply_to"),
+                                              user_id=sent.get("user_id")))
 
     def message(self, *, job_id: str, params: Mapping[str, Any], priority: int,
                 expires_at: dt.datetime | None, link: bool) -> wire.Outgoing:

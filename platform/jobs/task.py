@@ -24,10 +24,12 @@ from typing import Any
 
 from celery import Task, signals
 from celery.exceptions import Ignore, Reject, Retry
+from celery.worker.request import Request
 from django.db.models import F, Q
 from django.db.models.functions import Now
 
-from jobs.admission import job_admit_native, jsonable
+from jobs.admission import Refused, job_admit_native, jsonable, native_params
+from jobs.calls import platform_call
 from jobs.errors import PermanentFailure
 from jobs.models import Job
 from jobs.outcomes import (
@@ -37,10 +39,29 @@ from jobs.outcomes import (
     job_record_success,
 )
 from jobs.publishing import LINK_HEADER, PUBLICATION_HEADER
+from jobs.senders import Sender, delivery_sender
 from jobs.signals import delivery_ended, delivery_labels, delivery_started, job_event_send
 from routing import topology
 
 logger = logging.getLogger(__name__)
+
+
+class DeliveryRequest(Request):
+    """Celery's worker-side request, with ``eta`` and ``expires`` left to the job record.
+
+    Stock Celery keeps a message with an ``eta`` unacknowledged in the worker until it
+    is due (a countdown of an hour holds a prefetch slot for an hour, and past
+    ``consumer_timeout`` the channel closes), and drops a message whose ``expires``
+    passed on the worker's clock. Here neither happens in the worker: the task runs
+    at once, and ``job_begin`` records the ``eta`` as the job's ``run_at`` (the
+    dispatcher publishes it when due) and checks ``expires`` on the database's clock.
+    The task's own request keeps both headers for that.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._eta = None
+        self._expires = None
 
 
 class SwitchyardTask(Task):
@@ -58,6 +79,7 @@ class SwitchyardTask(Task):
     lane: str | None = None
     params_schema: dict | None = None
     public: bool = True
+    Request = "jobs.task:DeliveryRequest"
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -85,15 +107,40 @@ class SwitchyardTask(Task):
         all chunks in one go (one query rather than one per chunk)."""
         return [self.lane_for({"items": list(chunk)}, tenant=tenant) for chunk in chunks]
 
+    def apply_async(self, args=None, kwargs=None, task_id=None, producer=None, link=None,
+                    link_error=None, shadow=None, **options):
+        """Celery's calling API inside the platform (a view, a command, beat): the call
+        becomes a job, recorded and published after the surrounding transaction commits
+        (``jobs.submission.job_submit``), exactly as if it came through the API.
+
+        The job is the platform's own unless ``tenant=`` (a ``Tenant`` or its name) or a
+        ``tenant`` header names one; positional arguments fill the task's parameters;
+        ``priority`` is relative (0..9) in the tenant's band; ``countdown``, ``eta`` and
+        ``expires`` are kept in the job table; ``queue`` / ``routing_key`` / ``exchange``
+        are the task's lane's, whatever is asked. ``link`` / ``link_error`` take
+        immutable signatures (``.si()``). Called with the id of an existing job from
+        inside its own run (Celery's ``self.retry(countdown=...)``), the job is set to
+        run again at that time, from the job table. Returns the job's ``AsyncResult``.
+        """
+        return platform_call(self, args=args, kwargs=kwargs, task_id=task_id, link=link,
+                             link_error=link_error, options=options)
+
     def __call__(self, *args, **kwargs):
         # Delivered by a broker (not called directly): the job record decides
         # whether this delivery runs. A cancelled, expired or already finished
         # job (a redelivery after a crash) is acknowledged without running.
-        if self.lane is not None and self.request.id and not self.request.called_directly:
-            if not job_begin(task=self, task_id=self.request.id, args=args, kwargs=kwargs):
+        if self.request.id and not self.request.called_directly:
+            if self.lane is None:
+                # A Celery builtin (celery.starmap, celery.map...) would run any task in
+                # this process with no job record, tenant or time limit: never from a queue.
+                reason = f"task {self.name!r} is not a Switchyard task; it never runs from a queue"
+                logger.error("dead-lettering %s: %s", self.request.id, reason)
+                raise Reject(reason, requeue=False)
+            params = job_begin(task=self, task_id=self.request.id, args=args, kwargs=kwargs)
+            if params is None:
                 raise Ignore()
             try:
-                return super().__call__(*args, **kwargs)
+                return super().__call__(**params)
             except (Ignore, Retry, Reject):
                 raise
             except Exception as exc:
@@ -108,8 +155,9 @@ def _is_switchyard_task(task) -> bool:
     return getattr(task, "lane", None) is not None
 
 
-def job_begin(*, task, task_id: str, args, kwargs) -> bool:
-    """Mark the job started for this delivery; False if it must not run.
+def job_begin(*, task, task_id: str, args, kwargs) -> dict | None:
+    """Mark the job started for this delivery; the params to run it with, or None if
+    this delivery must not run.
 
     One conditional UPDATE. Not run: a job cancelled, expired or finished; a
     fresh copy of a job already started (the same job published twice, e.g.
@@ -122,10 +170,28 @@ def job_begin(*, task, task_id: str, args, kwargs) -> bool:
     (docs/runbooks/poison-messages.md). A message published without Switchyard's submit path
     (Celery-native) is admitted on first sight (``jobs.admission``).
 
+    Every delivery is held to the record, by who sent it (``jobs.senders``): a
+    message from the platform's own users runs the job it names; any other runs a
+    recorded job only if it is the tenant's own Celery-native message that recorded
+    it (same tenant, same params, never re-published by the platform since). Any
+    other message naming an existing job runs nothing and is counted (``refused``).
+
     A fresh delivery may start a waiting job; a redelivery (the broker's
     ``redelivered`` flag) may also restart a ``started`` one, since a worker
     that died mid-task leaves its job there and the requeued message must run it.
     """
+    request = task.request
+    sender = delivery_sender(request)
+    try:
+        return _begin(task, task_id, args, kwargs, sender)
+    finally:
+        if not sender.platform:
+            # The record holds a native job's follow-ups (jobs.admission read them):
+            # Celery must not dispatch its own after the run.
+            request.callbacks = request.errbacks = request.chain = request.chord = None
+
+
+def _begin(task, task_id: str, args, kwargs, sender: Sender) -> dict | None:
     request = task.request
     redelivered = bool((request.delivery_info or {}).get("redelivered"))
     values = {
@@ -135,28 +201,38 @@ def job_begin(*, task, task_id: str, args, kwargs) -> bool:
         "attempts": F("attempts") + 1,
         "worker": request.hostname or "",
     }
+    try:
+        params = native_params(task, args, kwargs) if args else dict(kwargs or {})
+    except Refused:
+        params = None
     runnable = Job.objects.filter(id=task_id,
                                   status__in=Job.UNFINISHED if redelivered else Job.WAITING)
     publication = getattr(request, PUBLICATION_HEADER, None)
     if isinstance(publication, int):
         runnable = runnable.filter(publications__lte=publication)
+    own = runnable if sender.platform else _own_native(runnable, sender, params)
     # ``expires`` is checked here on the database's clock; Switchyard's messages carry
     # no expires header, so a worker whose clock is off expires nothing early or late.
     fresh = Q(expires_at__isnull=True) | Q(expires_at__gt=Now())
-    allowed = runnable.filter(fresh, attempts__lt=F("max_attempts") + LOST_DELIVERY_ALLOWANCE)
+    allowed = own.filter(fresh, attempts__lt=F("max_attempts") + LOST_DELIVERY_ALLOWANCE)
     if allowed.update(**values):
         delivery_started(task)
-        return True
+        _may_have_link(request, sender)
+        return params
     job = Job.objects.select_related("tenant").filter(id=task_id).first()
     if job is not None:
-        if runnable.filter(expires_at__lte=Now()).update(
+        if not sender.platform and not _own_native(
+                Job.objects.filter(id=task_id), sender, params).exists():
+            _refuse_foreign(task, job, sender, publication)
+            return None
+        if own.filter(expires_at__lte=Now()).update(
                 status=Job.Status.EXPIRED, finished_at=Now(),
                 error="expired before a worker could start it"):
             lane, tier, name = delivery_labels(task, request)
             job_event_send("expired", lane=lane, tier=tier, task=name)
             logger.info("job %s expired before it could start; acknowledged unrun", task_id)
-            return False
-        if runnable.exists():  # runnable but out of deliveries: it kills its worker
+            return None
+        if own.exists():  # runnable but out of deliveries: it kills its worker
             reason = (f"gave up after {job.attempts} deliveries without an outcome (the worker "
                       f"was lost each time); message moved to {job.lane}.dead")
             job_record_dead(job=job, runnable=Job.UNFINISHED, reason=reason)
@@ -164,13 +240,48 @@ def job_begin(*, task, task_id: str, args, kwargs) -> bool:
             raise Reject(reason, requeue=False)
         logger.info("job %s (%s) is not runnable by this delivery; acknowledged unrun",
                     task_id, job.status)
-        return False
-    if not job_admit_native(task=task, task_id=task_id, args=args, kwargs=kwargs):
-        return False
-    if allowed.update(**values):
+        return None
+    params = job_admit_native(task=task, task_id=task_id, args=args, kwargs=kwargs,
+                              sender=sender)
+    if params is not None and Job.objects.filter(fresh, id=task_id,
+                                                 status__in=Job.WAITING).update(**values):
         delivery_started(task)
-        return True
-    return False
+        _may_have_link(request, sender)
+        return params
+    return None
+
+
+def _may_have_link(request, sender: Sender) -> None:
+    """A native message carries no link flag of Switchyard's: the outcome recorder then
+    looks the record's link up (one read, on success only)."""
+    if not sender.platform:
+        setattr(request, LINK_HEADER, 1)
+
+
+def _own_native(jobs, sender: Sender, params: dict | None):
+    """Of ``jobs``, the one a tenant's own native message may run: its tenant's, recorded
+    from that message (same params), never re-published by the platform."""
+    if sender.tenant is None or params is None:
+        return jobs.none()
+    return jobs.filter(tenant_id=sender.tenant.id, publications=0, params=params)
+
+
+def _refuse_foreign(task, job: Job, sender: Sender, publication) -> None:
+    """A message naming ``job`` that its sender may not run: count it, run nothing.
+
+    A message with no ``user_id`` may be the platform's own from before senders were
+    checked (a rolling upgrade): if it is the job's latest publication, the job is set
+    back to unpublished so the dispatcher publishes a checked copy; a forged one gains
+    its sender nothing but that.
+    """
+    who = sender.username or "(no user_id)"
+    logger.warning("delivery of job %s (tenant %s) from %s refused: %s", job.id,
+                   job.tenant_name, who, sender.refusal or "not its job to run")
+    lane, tier, name = delivery_labels(task, task.request)
+    job_event_send("refused", lane=lane, tier=tier, task=name)
+    if not sender.username and publication == job.publications:
+        Job.objects.filter(id=job.id, status__in=Job.WAITING, publications=job.publications,
+                           published_at__isnull=False).update(published_at=None)
 
 
 def job_raised(*, task, task_id: str, exception: BaseException) -> None:

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 #: Every counter, by the ``job_event`` it counts.
 EVENTS = ("submitted", "started", "succeeded", "failed", "retried", "dead", "cancelled",
-          "expired")
+          "expired", "refused")
 _COUNTER_HELP = {
     "submitted": "Jobs accepted (API, bulk, batch chunks, links, Celery-native first sight).",
     "started": "Deliveries that started running their job.",
@@ -37,9 +37,12 @@ _COUNTER_HELP = {
     "dead": "Jobs dead-lettered: lost too often, or a Celery-native message refused.",
     "cancelled": "Jobs cancelled before they started (jobs and batch chunks).",
     "expired": "Jobs whose expiry passed before they could start.",
+    "refused": "Deliveries that ran nothing: a message naming a job its sender may not run "
+               "(another tenant's job, or not sent by the platform).",
 }
 _COUNTER_NAME = {event: f"switchyard_jobs_{event}" for event in EVENTS}
 _COUNTER_NAME["dead"] = "switchyard_jobs_dead_lettered"
+_COUNTER_NAME["refused"] = "switchyard_deliveries_refused"
 
 #: Seconds: from 5 ms (a quick task on an idle lane) to 30 min (a slow lane's limit).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,

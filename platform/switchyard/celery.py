@@ -2,7 +2,8 @@
 fed by ``routing``; this module wires the parts settings cannot express:
 
 * the router (task → lane → exchange, routing key and queue);
-* the publish guard (tenant/tier headers present, priority clamped to the tier's band);
+* the publish contract on its own task messages (``switchyard/amqp.py``: tenant and
+  tier headers, priority clamped to the band, no TTL, the broker user as ``user_id``);
 * the worker consumer (per-consumer QoS, undecodable messages dead-lettered);
 * start-up checks (every task declares a lane; lane time limits below the
   broker's ``consumer_timeout``).
@@ -26,7 +27,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "switchyard.settings.base")
 # The base class of every task, and with it the job lifecycle, lives in the jobs app;
 # Celery imports it by name when the first task is created (after Django's apps
 # are loaded), so this wiring module never imports the domain.
-app = Celery("switchyard", task_cls="jobs.task:SwitchyardTask")
+app = Celery("switchyard", task_cls="jobs.task:SwitchyardTask",
+             amqp="switchyard.amqp:PlatformAMQP")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.worker_consumer = "switchyard.worker:Consumer"
 
@@ -38,24 +40,6 @@ def _lane_of(name: str) -> str | None:
 
 app.conf.task_routes = (routing_celery.make_router(_lane_of),)
 app.autodiscover_tasks()
-
-
-@signals.before_task_publish.connect
-def _enforce_contract(sender=None, headers=None, properties=None, routing_key=None,
-                      exchange=None, **_):
-    if exchange == topology.EXCHANGE_NAME and headers is not None and properties is not None:
-        routing_celery.enforce_on_publish(headers, properties, routing_key)
-        # Celery turns `expires` into an AMQP per-message TTL too; RabbitMQ would
-        # then dead-letter an expired job into <lane>.dead and its record would
-        # stay "queued" for ever. The worker enforces `expires` (the header)
-        # against the job record instead and marks the job expired.
-        properties.pop("expiration", None)
-        # And the `expires` header would make the worker compare it with its own clock
-        # (a host an hour ahead expires a 5-minute job at once): job_begin checks the
-        # job record's expires_at on the database's clock instead (docs/architecture.md,
-        # "Clocks").
-        if "expires" in headers:
-            headers["expires"] = None
 
 
 _connections_checked = 0.0

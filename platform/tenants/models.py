@@ -47,6 +47,29 @@ class Tenant(models.Model):
 assert {c.value for c in Tenant.Tier} == {t.name for t in TIERS}, "Tenant.Tier != routing.TIERS"
 
 
+class BrokerUser(models.Model):
+    """A RabbitMQ user a tenant's service publishes Celery-native messages as.
+
+    The worker takes a native message's tenant from its AMQP ``user_id``, which
+    RabbitMQ validates against the connection's login (``jobs.senders``), never from
+    a header. The password lives only in RabbitMQ (and the service's URL).
+    """
+
+    username = models.CharField(max_length=127, unique=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="broker_users")
+    service = models.CharField(max_length=63, blank=True,
+                               help_text="The service acting for the tenant, if one of several.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    rotated_at = models.DateTimeField(null=True, blank=True,
+                                      help_text="Last new password.")
+    disabled_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="Removed from RabbitMQ; messages it sent before are dead-lettered.")
+
+    def __str__(self) -> str:
+        return self.username
+
+
 class ApiToken(models.Model):
     """An API token. Only its SHA-256 is stored; the key is shown once, at creation."""
 

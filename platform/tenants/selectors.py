@@ -1,7 +1,7 @@
 """Reads on tenants."""
 from __future__ import annotations
 
-from tenants.models import ApiToken, Tenant
+from tenants.models import ApiToken, BrokerUser, Tenant
 from tenants.services import token_hash
 
 
@@ -17,3 +17,8 @@ def tenant_by_token(*, key: str) -> Tenant | None:
 
 def tenant_by_name(*, name: str) -> Tenant | None:
     return Tenant.objects.filter(name=name).first()
+
+
+def broker_user_get(*, username: str) -> BrokerUser | None:
+    """The broker user ``username`` with its tenant (disabled ones too), or None."""
+    return BrokerUser.objects.select_related("tenant").filter(username=username).first()

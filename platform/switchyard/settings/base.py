@@ -11,6 +11,7 @@ from pathlib import Path
 import dj_database_url
 
 import routing.celery_config as routing_celery
+from routing import access as _access
 from routing import topology as _topology
 from routing.management import DEFAULT_BROKER_URL
 from routing.topology import DEFAULT_CONSUMER_TIMEOUT_MS
@@ -211,6 +212,18 @@ LOGGING = {
 # Reference: https://docs.celeryq.dev/en/stable/userguide/configuration.html
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or DEFAULT_BROKER_URL
+# The RabbitMQ users whose messages are the platform's own: every role's user
+# (routing.access) and this process's own login (guest in development). A worker runs
+# a message of an existing job only from one of them; a tenant's broker user may only
+# add new Celery-native jobs of its tenant (jobs.senders, docs/security.md). More users,
+# comma-separated, in SWITCHYARD_PLATFORM_BROKER_USERS. A tenant's broker user is named
+# <prefix><tenant>[.<service>] (manage.py tenant_broker_user).
+SWITCHYARD_PLATFORM_BROKER_USERS = frozenset({
+    *_access.platform_users(), routing_celery.broker_user(CELERY_BROKER_URL),
+    *(u.strip() for u in os.environ.get("SWITCHYARD_PLATFORM_BROKER_USERS", "").split(",")
+      if u.strip())})
+SWITCHYARD_BROKER_USER_PREFIX = (os.environ.get("SWITCHYARD_BROKER_USER_PREFIX")
+                                 or _access.TENANT_USER_PREFIX)
 # Switchyard's job table (jobs.Job) is the system of record for status and results;
 # no Celery result backend. The AMQP `rpc://` backend would also declare
 # transient non-exclusive reply queues, which RabbitMQ 4.3 refuses.

@@ -11,13 +11,26 @@ import secrets
 from routing.management import with_vhost
 
 from .base import *  # noqa: F403
-from .base import CELERY_BROKER_URL, DATABASES, INSTALLED_APPS, VAR_DIR
+from .base import (
+    CELERY_BROKER_URL,
+    DATABASES,
+    INSTALLED_APPS,
+    SWITCHYARD_PLATFORM_BROKER_USERS,
+    VAR_DIR,
+)
 
 TEST_RUN_ID = os.environ.setdefault(
     "SWITCHYARD_TEST_RUN_ID", f"{os.getpid()}-{secrets.token_hex(3)}"
 )
 TEST_VHOST = f"switchyard-test-{TEST_RUN_ID}"
 CELERY_BROKER_URL = with_vhost(CELERY_BROKER_URL, TEST_VHOST)
+# RabbitMQ users are node-wide, not per vhost: tenants' broker users of this run get
+# names of their own (and tests/conftest.py deletes them at the end).
+SWITCHYARD_BROKER_USER_PREFIX = f"tenant-{TEST_RUN_ID}-"
+os.environ["SWITCHYARD_BROKER_USER_PREFIX"] = SWITCHYARD_BROKER_USER_PREFIX
+# The tests submit jobs from this process (as guest); roles they start logged in as
+# other users must count it as the platform's.
+os.environ["SWITCHYARD_PLATFORM_BROKER_USERS"] = ",".join(sorted(SWITCHYARD_PLATFORM_BROKER_USERS))
 
 _db_test_name = f"test_switchyard_{TEST_RUN_ID.replace('-', '_')}"
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
