@@ -592,8 +592,8 @@ def test_s9_celery_native_calls(start_role, management, plain_worker, lanes_empt
     native quick calls while a slow backlog is deep (the S1 case, natively)."""
     import switchyard_client
 
-    calls, backlog = scale(5_000, 1_000), scale(20_000, 2_000)
-    probes, span = scale(200, 40), scale(10, 4)
+    calls, backlog = scale(5_000, 500), scale(20_000, 500)
+    probes, span = scale(200, 20), scale(10, 2)
     tenant = _tenant("s9", "standard")
     _, url = broker_user_issue(tenant=tenant)
     web, port = _web(start_role)

@@ -296,3 +296,16 @@ def test_job_that_expired_before_publication_is_marked_expired(acme):
     assert job_publish_due(now=job.submitted_at + dt.timedelta(seconds=11)) == 0
     job.refresh_from_db()
     assert job.status == "expired" and job.published_at is None
+
+
+def test_any_nesting_depth_is_a_400_never_a_500(acme):
+    # JSON nested deeper than Python's decoder recurses, on each JSON endpoint
+    deep = "[" * 5000 + "]" * 5000
+    bodies = {"/api/v1/jobs": f'{{"task": "demo.quick_task", "params": {{"x": {deep}}}}}',
+              "/api/v1/jobs/bulk": f'{{"jobs": {deep}}}',
+              "/api/v1/batches": f'{{"task": "demo.checksum", "items": {deep}}}'}
+    for path, body in bodies.items():
+        resp = acme.post(path, body, content_type="application/json")
+        assert resp.status_code == 400, (path, resp.content[:300])
+        assert "nested too deeply" in resp.json()["detail"]
+    assert Job.objects.count() == 0

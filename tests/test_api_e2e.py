@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -241,3 +243,25 @@ def _post_job(port: int, key: str):
     with urllib.request.urlopen(req, timeout=10) as resp:
         return resp.status, json.loads(resp.read())
 
+
+
+def test_healthz_says_the_database_is_down_without_its_details(api, start_role):
+    # Given the web running against a database that does not answer
+    port = free_port()
+    secret = "s3cret-db-password"
+    web = start_role("web", WEB_BIND=f"127.0.0.1:{port}", WEB_WORKERS="1",
+                     DATABASE_URL=f"postgres://appuser:{secret}@127.0.0.1:1/switchyard")
+
+    def answer():
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            return None
+        return 200, ""
+    code, body = wait_until(answer, 60, "web", roles=[web])
+    # Then it answers 503 naming the database, and nothing of its host, user or password
+    assert code == 503
+    assert json.loads(body) == {"status": "unavailable", "database": "unreachable"}
+    assert secret not in body and "appuser" not in body and "127.0.0.1" not in body

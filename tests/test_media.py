@@ -18,7 +18,7 @@ from PIL import Image
 
 from jobs.models import Batch, Job
 from jobs.submission import job_submit
-from media import services
+from media import services, storage
 from media.images import ImageRefused, decode, thumbnail
 from media.models import File
 from media.paths import PathRefused, clean_folder, clean_name, resolve_source
@@ -310,3 +310,17 @@ def test_services_run_twice_change_nothing_more(acme, settings):
     services.file_delete(file=copy)
     services.file_delete(file=copy)
     assert File.objects.get(id=copy.id).state == "deleted" and len(stored_files("acme")) == 3
+
+
+def test_a_staged_token_that_is_a_path_never_leaves_the_staging_folder(acme, tmp_path):
+    # Given a file outside the tenant's staging folder, reachable by a relative path
+    _, tenant = acme
+    secret = storage.media_storage().path("globex/staging/secret-file")
+    os.makedirs(os.path.dirname(secret), exist_ok=True)
+    Path(secret).write_bytes(img.jpeg(10, 10))
+    # When a message (not the API, which refuses it) hands the upload task such a token
+    for token in ("../../globex/staging/secret-file", "x" * 32, ""):
+        with pytest.raises(services.Refused, match="not a staged upload token"):
+            services.file_upload_staged(tenant=tenant, token=token, folder="", name="a.jpg")
+    # Then nothing was read or made, and the other tenant's file is still there
+    assert File.objects.count() == 0 and Path(secret).exists()

@@ -38,8 +38,8 @@ from switchyard.worker import REASON_HEADER
 
 logger = logging.getLogger(__name__)
 
-#: Jobs whose dead copy is not replayed: the work is done, or its caller withdrew it.
-NOT_REPLAYABLE = (Job.Status.SUCCEEDED, Job.Status.CANCELLED)
+#: Jobs whose dead copy is replayed: they ended without running to success.
+REPLAYABLE = (Job.Status.DEAD, Job.Status.FAILED, Job.Status.EXPIRED)
 
 
 @dataclass
@@ -206,7 +206,13 @@ def _refusal(message: DeadMessage) -> str | None:
     if job is None:
         return ("no job record (never decoded or not a task message): inspect it with "
                 "`dlq show`, then purge it")
-    if job.status in NOT_REPLAYABLE:
+    if job.status == Job.Status.STARTED:
+        where = f" on {job.worker}" if job.worker else ""
+        return (f"its job is running{where}: replaying would drop that run's outcome and "
+                "run it again; replay it once it has ended")
+    if job.status in Job.WAITING:
+        return f"its job is {job.status}, waiting to run again: this copy is stale (purge it)"
+    if job.status not in REPLAYABLE:
         return f"its job is {job.status}; nothing to replay (purge it)"
     if job.tenant_id is None and job.tenant_name != routing_celery.SYSTEM_TENANT:
         return f"admission refused it ({job.error}); it cannot run as it is"
@@ -215,8 +221,9 @@ def _refusal(message: DeadMessage) -> str | None:
     return None
 
 
-def job_replay(*, job: Job, source: str) -> Job:
-    """Put ``job`` back to ``queued`` with a note, and publish it again.
+def job_replay(*, job: Job, source: str) -> Job | None:
+    """Put ``job`` back to ``queued`` with a note, and publish it again; None if it is
+    no longer in a state that may be replayed (``REPLAYABLE``: it ended unsuccessfully).
 
     Same record: id, tenant, tier, priority, parameters, retry policy and
     links are kept; attempts start again from zero (the deliveries that died
@@ -227,9 +234,11 @@ def job_replay(*, job: Job, source: str) -> Job:
     note = (f"replayed from {source} at {now.isoformat(timespec='seconds')} "
             f"(was {job.status} after {job.attempts} attempt(s): {job.error})")[:5000]
     with transaction.atomic():
-        Job.objects.filter(id=job.id).update(
-            status=Job.Status.QUEUED, attempts=0, error=note, result=None, worker="",
-            started_at=None, finished_at=None, published_at=None, run_at=None)
+        # Conditional: a job that started meanwhile keeps its run and its outcome.
+        if not Job.objects.filter(id=job.id, status__in=REPLAYABLE).update(
+                status=Job.Status.QUEUED, attempts=0, error=note, result=None, worker="",
+                started_at=None, finished_at=None, published_at=None, run_at=None):
+            return None
     job.refresh_from_db()
     try:
         publish_job(job)
@@ -266,7 +275,9 @@ def dlq_replay(lane: str, *, job_ids: Collection[str] = (), replay_all: bool = F
             if refusal:
                 report.skipped.append((key if message.job_id else f"#{position}", refusal))
                 continue
-            job_replay(job=message.job, source=queue)
+            if job_replay(job=message.job, source=queue) is None:
+                report.skipped.append((key, "its job changed state meanwhile; look again"))
+                continue
             channel.basic_ack(tag)
             done.add(key)
             report.replayed.append(key)

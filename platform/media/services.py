@@ -205,7 +205,10 @@ def file_upload_staged(*, tenant: Tenant, token: str, folder: str, name: str,
     folder = _clean(folder, clean_folder, "folder")
     name = _clean(name, clean_name, "name")
     file_id = derived_id(tenant, f"staged:{token}")
-    key = storage.staging_key(tenant.name, token)
+    try:
+        key = storage.staging_key(tenant.name, token)
+    except storage.StorageEscape as exc:
+        raise Refused(str(exc)) from None
     existing = File.objects.filter(id=file_id).first()
     if existing is None:
         try:

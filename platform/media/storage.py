@@ -9,6 +9,7 @@ would lead a read or a write out of the storage root.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -39,8 +40,20 @@ def thumbnail_key(tenant_name: str, file_id: uuid.UUID, edge: int, image_format:
     return f"{file_dir(tenant_name, file_id)}/thumb-{edge}{EXTENSIONS[image_format]}"
 
 
+#: A staged upload's token (``media.submission.upload_stage``): 32 hexadecimal digits.
+_TOKEN = re.compile(r"^[0-9a-f]{32}$")
+
+
+def is_staging_token(value: object) -> bool:
+    return isinstance(value, str) and _TOKEN.match(value) is not None
+
+
 def staging_key(tenant_name: str, token: str) -> str:
-    """Where the web leaves an uploaded file for ``media.upload``."""
+    """Where the web leaves an uploaded file for ``media.upload``. ``StorageEscape`` for
+    anything but a token the web made: a path in it would lead out of the tenant's
+    staging folder (checked here as well as by the API, for any message's item)."""
+    if not is_staging_token(token):
+        raise StorageEscape(f"not a staged upload token: {str(token)[:80]!r}")
     return f"{tenant_name}/staging/{token}"
 
 

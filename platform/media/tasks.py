@@ -19,7 +19,6 @@ jobs and for Celery-native messages alike); a file of another tenant is
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -52,8 +51,6 @@ from media.services import (
 from routing import topology
 from switchyard.celery import app
 from tenants.models import Tenant
-
-_TOKEN = re.compile(r"^[0-9a-f]{32}$")
 
 
 class MediaTask(SwitchyardTask):
@@ -94,7 +91,7 @@ def _upload_weight(chunks: Sequence[Sequence[Any]], tenant: Tenant) -> list[list
     def weight(item: Any) -> int:
         if not isinstance(item, dict):
             return 0
-        if isinstance(item.get("staged"), str) and _TOKEN.match(item["staged"]):
+        if storage.is_staging_token(item.get("staged")):
             return storage.size_of(storage.staging_key(tenant.name, item["staged"])) or 0
         try:
             return resolve_source(item.get("source"), tenant_name=tenant.name).stat().st_size
@@ -147,7 +144,7 @@ def check_upload_item(item: Mapping, *, tenant: Any = None) -> None:
     if ("source" in item) == ("staged" in item):
         raise InvalidParams("give either source (a path in your import folder) or staged "
                             "(a token from POST /api/v1/media/uploads)", "source")
-    if "staged" in item and not _TOKEN.match(str(item["staged"])):
+    if "staged" in item and not storage.is_staging_token(item["staged"]):
         raise InvalidParams("not a staged upload token", "staged")
     _check_path(item, "folder", clean_folder)
     _check_path(item, "name", clean_name)

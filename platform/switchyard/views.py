@@ -1,18 +1,24 @@
 """Project-level views: liveness and readiness, and the API's 404."""
 from __future__ import annotations
 
+import logging
+
 from django.db import connection
 from django.http import JsonResponse
 from django.views.defaults import page_not_found
 
+logger = logging.getLogger(__name__)
+
 
 def healthz(request):
-    """200 when the process answers and its database is reachable, else 503."""
+    """200 when the process answers and its database is reachable, else 503. The
+    database's error goes to the log, never to the caller (it can name hosts and users)."""
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-    except Exception as exc:  # any database failure means not ready
-        return JsonResponse({"status": "unavailable", "database": str(exc)}, status=503)
+    except Exception:  # any database failure means not ready
+        logger.exception("healthz: the database is unreachable")
+        return JsonResponse({"status": "unavailable", "database": "unreachable"}, status=503)
     return JsonResponse({"status": "ok"})
 
 
