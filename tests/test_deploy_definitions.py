@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pika
 import pytest
@@ -213,8 +214,14 @@ def test_roles_run_end_to_end_with_their_own_logins(start_role, broker_vhost, ma
         wait_until(lambda: Job.objects.get(id=job.id).status == Job.Status.SUCCEEDED, 60,
                    "the dispatched job to run on the quick worker", roles=roles)
         # Flower reaches the worker through control commands, and the broker's queues.
-        wait_until(lambda: b"quick@" in flower("/api/workers?refresh=1")[1], 60,
-                   "Flower to list the quick worker", interval=1, roles=roles)
+        workers = wait_until(lambda: (lambda b: b if b"quick@" in b else None)(
+            flower("/api/workers?refresh=1")[1]), 60, "Flower to list the quick worker",
+            interval=1, roles=roles)
+        # ... and shows no role's broker password (the workers' configuration is in it)
+        for role_url in urls.values():
+            password = unquote(urlsplit(role_url).password or "")
+            assert password.encode() not in workers, "a broker password is on Flower's page"
+        assert b'"CELERY_BROKER_URL": "amqp://' in workers and b":********@" in workers
         assert flower("/broker")[0] == 200
         for role in roles:
             assert "ACCESS_REFUSED" not in role.log(), role.name

@@ -190,8 +190,9 @@ def test_a_tenants_quota_counts_only_its_own_jobs():
         "demo.quick_task"] * 2
 
 
-@pytest.mark.parametrize("auth", [None, "", "ops", "ops:"], ids=["unset", "empty", "no-password",
-                                                                "empty-password"])
+@pytest.mark.parametrize("auth", [None, "", "ops", "ops:", "admin:change-me", "ops:short"],
+                         ids=["unset", "empty", "no-password", "empty-password", "placeholder",
+                              "short-password"])
 def test_flower_refuses_to_start_without_a_login(auth):
     env = role_env("amqp://guest:guest@127.0.0.1:1//", FLOWER_PORT="1")
     env.pop("FLOWER_BASIC_AUTH", None)

@@ -2,7 +2,7 @@
 
 Installed through the ``worker_consumer`` setting (see ``switchyard/celery.py``).
 
-Two behaviours of stock Celery 5.7 are wrong for Switchyard:
+Three behaviours of stock Celery 5.7 are wrong for Switchyard:
 
 * On classic queues Celery sends ``basic.qos`` with ``global=true`` (it only
   switches to per-consumer QoS when it sees quorum queues). RabbitMQ 4.3 denies
@@ -13,14 +13,26 @@ Two behaviours of stock Celery 5.7 are wrong for Switchyard:
   silently gone; a disallowed content type (a pickle from a rogue client) is
   rejected without a word of why. Switchyard dead-letters both to
   ``<lane>.dead`` with the reason in the ``x-switchyard-reason`` header.
+* The ``conf`` remote-control answer (Flower's worker page asks it) masks
+  ``broker_url`` only under that exact name: with settings read from Django
+  (``CELERY_BROKER_URL``) the worker's broker password went out in clear. Here
+  every URL's password is masked, whatever its setting is called.
 """
 from __future__ import annotations
 
 import logging
+import re
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
 
 from celery import signals
+from celery.app.utils import filter_hidden_settings
+from celery.utils.serialization import jsonify, strtobool
+from celery.worker import control
 from celery.worker.consumer.consumer import Consumer as CeleryConsumer
 from celery.worker.consumer.tasks import Tasks
+from kombu.utils.encoding import safe_repr
 
 from routing.topology import DLX_NAME
 
@@ -28,6 +40,32 @@ logger = logging.getLogger(__name__)
 
 #: Header naming why Switchyard dead-lettered a message itself.
 REASON_HEADER = "x-switchyard-reason"
+#: ``scheme://user:password@``: a URL carrying a password.
+_CREDENTIALS = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@:]*:[^/@]*@", re.IGNORECASE)
+
+
+def masked(value: Any) -> Any:
+    """``value`` with the password of every URL in it replaced by ``********``."""
+    if isinstance(value, Mapping):
+        return {k: masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(masked(v) for v in value)
+    if isinstance(value, str) and _CREDENTIALS.match(value):
+        parts = urllib.parse.urlsplit(value)
+        netloc = f"{parts.username or ''}:********@{parts.hostname or ''}"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return value
+
+
+@control.inspect_command(alias="dump_conf", signature="[include_defaults=False]",
+                         args=[("with_defaults", strtobool)])
+def conf(state, with_defaults=False, **kwargs):
+    """Celery's ``conf`` answer (it replaces the stock one), with every password masked."""
+    table = filter_hidden_settings(state.app.conf.table(with_defaults=with_defaults))
+    return jsonify(masked(table), keyfilter=lambda key: isinstance(key, str)
+                   and not key.startswith("__"), unknown_type_filter=safe_repr)
 
 
 def _per_consumer_qos(c) -> bool:  # noqa: ARG001 - signature of Tasks.qos_global
