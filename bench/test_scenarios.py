@@ -99,6 +99,20 @@ def _post(port: int, path: str, body: bytes, key: str) -> tuple[int, dict, float
     return resp.status, payload, took
 
 
+def _behind_a_slow_backlog(start_role, management, tenant: Tenant, backlog: int):
+    """``backlog`` slow jobs of 1 s for ``tenant``, the dispatcher feeding the slow lane
+    from the job table (fair-share windows), both lanes' workers running and the slow
+    ones busy: ``(dispatcher, slow worker, quick worker)``."""
+    job_submit_bulk(tenant=tenant, jobs=[BulkJob("demo.slow_task", {"seconds": 1.0})] * backlog,
+                    enforce_quotas=False)
+    dispatcher = start_role("dispatcher")
+    slow = start_lane(start_role, management, "slow", SLOW_CONCURRENCY)
+    quick = start_lane(start_role, management, "quick", QUICK_CONCURRENCY)
+    harness.wait_for(lambda: Job.objects.filter(status="started").count() >= SLOW_CONCURRENCY,
+                     60, "slow workers busy", [slow])
+    return dispatcher, slow, quick
+
+
 # S1 -----------------------------------------------------------------------------
 
 def test_s1_quick_jobs_behind_a_slow_backlog(start_role, management, plain_worker, lanes_empty):
@@ -108,14 +122,7 @@ def test_s1_quick_jobs_behind_a_slow_backlog(start_role, management, plain_worke
     tenant = _tenant("s1", "standard")
 
     # Switchyard: slow and quick lanes, each its own worker process.
-    job_submit_bulk(tenant=tenant, jobs=[BulkJob("demo.slow_task", {"seconds": 1.0})] * backlog,
-                    enforce_quotas=False)
-    # The dispatcher feeds the slow lane from the job table (fair-share windows).
-    dispatcher = start_role("dispatcher")
-    slow = start_lane(start_role, management, "slow", SLOW_CONCURRENCY)
-    quick = start_lane(start_role, management, "quick", QUICK_CONCURRENCY)
-    harness.wait_for(lambda: Job.objects.filter(status="started").count() >= SLOW_CONCURRENCY,
-                     60, "slow workers busy", [slow])
+    dispatcher, slow, quick = _behind_a_slow_backlog(start_role, management, tenant, backlog)
     ids = []
     for i in range(probes):
         job, _ = job_submit(tenant=tenant, task="demo.quick_task", params={"x": i})
@@ -618,13 +625,7 @@ def test_s9_celery_native_calls(start_role, management, plain_worker, lanes_empt
 
     # Native quick calls behind a slow backlog, each timed from its delay() call to its
     # outcome in the job record (one clock: this machine's).
-    job_submit_bulk(tenant=tenant, jobs=[BulkJob("demo.slow_task", {"seconds": 1.0})] * backlog,
-                    enforce_quotas=False)
-    dispatcher = start_role("dispatcher")
-    slow = start_lane(start_role, management, "slow", SLOW_CONCURRENCY)
-    quick = start_lane(start_role, management, "quick", QUICK_CONCURRENCY)
-    harness.wait_for(lambda: Job.objects.filter(status="started").count() >= SLOW_CONCURRENCY,
-                     60, "slow workers busy", [slow])
+    dispatcher, slow, quick = _behind_a_slow_backlog(start_role, management, tenant, backlog)
     sent, call_ms = {}, []
     for i in range(probes):
         called = time.time()
