@@ -132,3 +132,27 @@ def test_a_job_lost_on_every_delivery_ends_dead_and_runs_its_link_error(tenant):
     job.refresh_from_db()
     assert job.status == Job.Status.DEAD and "no deliveries left" in job.error
     assert Job.objects.get(parent=job).params == {"x": "alert"}
+
+
+def test_a_platform_message_whose_arguments_do_not_fit_ends_dead_not_stuck(tenant, settings):
+    # Given a recorded job, and a message of the platform's naming it with three positional
+    # arguments for a task that takes one (a legacy message, say)
+    from celery.exceptions import Reject
+
+    import routing.celery_config as routing_celery
+    from jobs.task import job_begin
+    from switchyard.celery import app
+
+    job, _ = job_submit(tenant=tenant, task="demo.quick_task", params={"x": 1})
+    task = app.tasks["demo.quick_task"]
+    task.push_request(id=str(job.id), hostname="quick@test", delivery_info={}, properties={
+        "user_id": routing_celery.broker_user(settings.CELERY_BROKER_URL)})
+    try:
+        # When a worker receives it, it runs nothing and the job ends dead with the reason
+        with pytest.raises(Reject):
+            job_begin(task=task, task_id=str(job.id), args=(1, 2, 3), kwargs={})
+    finally:
+        task.pop_request()
+    job.refresh_from_db()
+    assert job.status == Job.Status.DEAD and job.attempts == 0
+    assert "takes 1 positional argument(s) (x), got 3" in job.error

@@ -203,8 +203,14 @@ def _begin(task, task_id: str, args, kwargs, sender: Sender) -> dict | None:
     }
     try:
         params = native_params(task, args, kwargs) if args else dict(kwargs or {})
-    except Refused:
+    except Refused as exc:
         params = None
+        recorded = Job.objects.filter(id=task_id).first()
+        if sender.platform and recorded is not None:
+            # The platform's own message whose arguments do not fit its task: it can never
+            # run as it is.
+            job_record_dead(job=recorded, runnable=Job.UNFINISHED, reason=str(exc))
+            raise Reject(str(exc), requeue=False) from None
     runnable = Job.objects.filter(id=task_id,
                                   status__in=Job.UNFINISHED if redelivered else Job.WAITING)
     publication = getattr(request, PUBLICATION_HEADER, None)
