@@ -16,7 +16,7 @@ from jobs.dispatch import job_publish_due, job_reclaim_unconfirmed
 from jobs.errors import InvalidSubmission, QuotaExceeded
 from jobs.models import Job, PendingConfirm
 from jobs.options import Link, RetryPolicy, SubmitOptions
-from jobs.publishing import publish_job
+from jobs.publishing import PUBLISH_GRACE, publish_job
 from jobs.signals import DUE_HEADER, SUBMITTED_HEADER, job_event
 from jobs.submission import new_job
 from routing import topology, wire
@@ -163,8 +163,9 @@ def test_jobs_of_a_submitter_that_died_before_the_confirms_are_published_again(
             for m in messages} == {2}
 
 
-def test_an_unroutable_job_is_dead_with_the_reason_not_lost(tenant, lanes_empty):
-    # Given the quick lane's binding removed (a topology mistake)
+def test_an_unroutable_job_stays_unpublished_and_is_published_once_routable(
+        tenant, lanes_empty):
+    # Given the quick lane's binding removed (a topology mistake, or a queue re-declared)
     with Connection(lanes_empty) as conn:
         conn.default_channel.queue_unbind("quick", topology.EXCHANGE_NAME,
                                           topology.binding_key("quick"))
@@ -179,14 +180,19 @@ def test_an_unroutable_job_is_dead_with_the_reason_not_lost(tenant, lanes_empty)
         with Connection(lanes_empty) as conn:
             conn.default_channel.queue_bind("quick", topology.EXCHANGE_NAME,
                                             topology.binding_key("quick"))
-    # Then the slow one is published; the quick one is dead, saying why
-    assert (outcome.published, outcome.dead) == (1, 1)
+    # Then the slow one is published; the quick one came back and waits, unpublished
+    assert (outcome.published, outcome.returned, outcome.deferred) == (1, 1, 1)
     quick = Job.objects.get(id=outcome.job_ids[0])
-    assert quick.status == Job.Status.DEAD and "unroutable" in quick.error
-    assert Job.objects.get(id=outcome.job_ids[1]).status == Job.Status.QUEUED
-    # And the dead one is counted as dead-lettered in the metrics
-    assert ("dead", "quick", "premium", "demo.quick_task", 1) in [
+    assert (quick.status, quick.published_at) == (Job.Status.QUEUED, None)
+    assert Job.objects.get(id=outcome.job_ids[1]).published_at is not None
+    # And the return is counted in the metrics
+    assert ("returned", "quick", "premium", "demo.quick_task", 1) in [
         (e["event"], e["lane"], e["tier"], e["task"], e["count"]) for e in seen]
+    # And with the binding back, the dispatcher publishes it to the quick queue
+    assert job_publish_due(now=timezone.now() + PUBLISH_GRACE) == 1
+    with Connection(lanes_empty) as conn:
+        message = conn.default_channel.basic_get("quick", no_ack=True)
+    assert message.properties["application_headers"]["id"] == str(quick.id)
 
 
 def test_nothing_is_written_when_one_job_is_invalid(tenant):
@@ -231,8 +237,8 @@ def test_api_bulk_answers_202_with_every_job_confirmed(api, lanes_empty):
     resp = api.post("/api/v1/jobs/bulk", body, format="json")
     assert resp.status_code == 202, resp.json()
     answer = resp.json()
-    assert {k: answer[k] for k in ("accepted", "published", "scheduled", "deferred", "dead")} \
-        == {"accepted": 501, "published": 501, "scheduled": 0, "deferred": 0, "dead": 0}
+    assert {k: answer[k] for k in ("accepted", "published", "scheduled", "deferred", "returned")} \
+        == {"accepted": 501, "published": 501, "scheduled": 0, "deferred": 0, "returned": 0}
     slow = api.get(f"/api/v1/jobs/{answer['jobs'][500]}").json()
     assert (slow["task"], slow["tier"], slow["priority"]) == ("demo.slow_task", "standard", 4)
     assert len(_get_all(lanes_empty, "quick")) == 500

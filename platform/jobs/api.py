@@ -100,8 +100,12 @@ class JobBulkSubmitApi(APIView):
             help_text="jobs past the tenant's fair-share window; the dispatcher publishes them "
                       "as the window frees")
         deferred = serializers.IntegerField(
-            help_text="jobs the broker did not confirm in time; the dispatcher publishes them")
-        dead = serializers.IntegerField(help_text="jobs no queue would take (unroutable)")
+            help_text="jobs the broker did not confirm in time or returned unrouted; the "
+                      "dispatcher publishes them")
+        returned = serializers.IntegerField(
+            help_text="of the deferred jobs, those the broker returned because no queue was "
+                      "bound for their routing key (a lane queue missing: see "
+                      "switchyard_publications_returned_total)")
         jobs = serializers.ListField(child=serializers.UUIDField(), source="job_ids",
                                      help_text="job ids, in the order submitted")
 

@@ -13,9 +13,9 @@ same guarantees at ten times the rate:
 3. the messages (Celery protocol 2, byte for byte what ``send_task`` would
    publish, from a template built by Celery itself) are written in windows
    with publisher confirms pipelined (``routing.wire.ConfirmingPublisher``);
-4. jobs the broker did not confirm in time, or refused, are set back to
-   unpublished for the dispatcher; unroutable ones are ``dead`` with the
-   reason; then the ``PendingConfirm`` row goes.
+4. jobs the broker did not confirm in time, refused, or returned unrouted
+   (no queue bound for their key) are set back to unpublished for the
+   dispatcher; then the ``PendingConfirm`` row goes.
 
 If the process dies between 2 and 4, the dispatcher finds the old
 ``PendingConfirm`` row and publishes its still-queued jobs again
@@ -80,7 +80,7 @@ class BulkOutcome:
     scheduled: int = 0  # countdown/eta: the dispatcher publishes them when due
     held: int = 0  # past the tenant's window (fair sharing): the dispatcher releases them
     deferred: int = 0  # recorded; the dispatcher publishes them (broker slow or away)
-    dead: int = 0  # unroutable: no queue bound for their routing key
+    returned: int = 0  # returned unrouted (no queue bound): deferred to the dispatcher too
     broker_error: str = ""
 
     @property
@@ -325,13 +325,15 @@ class _Publishing(threading.Thread):
 def _settle(report: wire.PublishReport, fed: list[str], outcome: BulkOutcome,
             pending: list[int]) -> None:
     """Record what the broker said, then drop the ``PendingConfirm`` rows. A
-    job the broker did not positively confirm (or return) is left to the
-    dispatcher, whatever happened to the publisher."""
+    job the broker did not positively confirm (nacked, returned unrouted, or no
+    answer) is left to the dispatcher, whatever happened to the publisher."""
     outcome.published = len(report.confirmed)
     outcome.broker_error = report.error
-    answered = set(report.confirmed) | set(report.returned)
+    confirmed = set(report.confirmed)
     with transaction.atomic():
-        again = [key for key in fed if key not in answered]
+        # Returned unrouted (no queue bound for the key: a lane queue being re-declared,
+        # a binding removed) or never confirmed: left unpublished for the dispatcher.
+        again = [key for key in fed if key not in confirmed]
         if again:
             for part in _parts(again, 5000):
                 Job.objects.filter(id__in=part, status=Job.Status.QUEUED).update(
@@ -339,15 +341,14 @@ def _settle(report: wire.PublishReport, fed: list[str], outcome: BulkOutcome,
             outcome.deferred = len(again)
             logger.warning("bulk submission: %d job(s) not confirmed by the broker (%s); "
                            "the dispatcher will publish them", len(again),
-                           report.error or "refused")
+                           "returned unrouted" if report.returned else report.error or "refused")
         if report.returned:
-            outcome.dead = Job.objects.filter(id__in=report.returned).update(
-                status=Job.Status.DEAD, finished_at=Now(),
-                error="unroutable: no queue is bound for its routing key")
-            logger.error("bulk submission: %d job(s) unroutable, marked dead",
-                         len(report.returned))
-            dead = list(Job.objects.filter(id__in=report.returned).only("lane", "tier", "task"))
-            transaction.on_commit(lambda: job_events_for("dead", dead))
+            outcome.returned = len(report.returned)
+            logger.error("bulk submission: %d job(s) returned unrouted: no queue is bound for "
+                         "their routing key (python -m routing verify)", len(report.returned))
+            returned = list(Job.objects.filter(id__in=report.returned)
+                            .only("lane", "tier", "task"))
+            transaction.on_commit(lambda: job_events_for("returned", returned))
         PendingConfirm.objects.filter(id__in=pending).delete()
 
 

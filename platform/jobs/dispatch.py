@@ -13,6 +13,7 @@ run in several dispatchers at once:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 
 from django.conf import settings
@@ -24,8 +25,9 @@ from jobs import fairness
 from jobs.models import Job, PendingConfirm
 from jobs.outcomes import LOST_DELIVERY_ALLOWANCE, job_record_dead
 from jobs.publishing import PUBLISH_GRACE, send_job
-from jobs.signals import job_events_for
+from jobs.signals import job_event_send, job_events_for
 from routing import priorities, topology
+from switchyard.amqp import Unroutable
 from switchyard.celery import app
 from switchyard.clock import platform_now
 from tenants.models import Tenant
@@ -72,10 +74,21 @@ def job_publish_due(*, now: dt.datetime | None = None, limit: int = 500) -> int:
     # The plan gives the order and each group's room; the pass's limit is spent on
     # what is actually published (a group may have less due than its room).
     left = limit
+    unroutable: set[str] = set()
     for (lane, tier, tenant_id), room in plan:
         if left <= 0:
             break
-        left -= _release(lane, tier, tenant_id, min(room, left), now, weights.get(tenant_id, 1))
+        if lane in unroutable:
+            continue
+        published, returned = _release(lane, tier, tenant_id, min(room, left), now,
+                                       weights.get(tenant_id, 1))
+        left -= published
+        if returned is not None:
+            # No queue is bound for this lane's keys (deleted, or a binding removed):
+            # its jobs stay unpublished until it is back; the other lanes go on.
+            unroutable.add(lane)
+            logger.error("lane %s: %s; its jobs stay unpublished until the lane's queue "
+                         "and binding are back (python -m routing apply)", lane, returned)
     return limit - left
 
 
@@ -91,19 +104,21 @@ def _group_lock(lane: str, tier: str, tenant_id) -> bool:
 
 
 def _release(lane: str, tier: str, tenant_id, take: int, now: dt.datetime,
-             weight: int) -> int:
+             weight: int) -> tuple[int, Unroutable | None]:
     """Publish up to ``take`` of one group's due held jobs, highest priority and
-    oldest first; return how many were published."""
+    oldest first; return how many were published, and the broker's refusal if it
+    returned one unrouted (the group's rest then stays unpublished)."""
     window = fairness.tenant_window(lane, weight)
+    returned: Unroutable | None = None
     with transaction.atomic():
         if window is not None:
             if not _group_lock(lane, tier, tenant_id):
-                return 0
+                return 0, None
             # Counted again under the lock: another dispatcher or the web may
             # have published since the plan was made.
             take = min(take, window - fairness.in_broker(lane, tier, tenant_id).count())
             if take <= 0:
-                return 0
+                return 0, None
         due = list(
             Job.objects.select_for_update(skip_locked=True)
             .filter(lane=lane, tier=tier, tenant_id=tenant_id, published_at__isnull=True,
@@ -119,21 +134,33 @@ def _release(lane: str, tier: str, tenant_id, take: int, now: dt.datetime,
                 status=Job.Status.EXPIRED, finished_at=now,
                 error="expired before it could be published")
             transaction.on_commit(lambda: job_events_for("expired", expired))
+        sent = []
         if ready:
             band = priorities.tier(tier)
-            # A job promoted once (jobs.fairness) and now waiting again (a retry, a
-            # lost run) goes back into its band: the next promotion is decided afresh.
-            demoted = [j.id for j in ready if j.priority > band.high]
+            promoted_before = {j.id for j in ready if j.priority > band.high}
             with app.producer_or_acquire() as producer:
                 for job in ready:
                     job.priority = min(job.priority, band.high)
                     job.publications += 1
-                    send_job(job, producer=producer, confirm_timeout=DISPATCH_CONFIRM_TIMEOUT)
-            Job.objects.filter(id__in=[j.id for j in ready]).update(
+                    try:
+                        send_job(job, producer=producer,
+                                 confirm_timeout=DISPATCH_CONFIRM_TIMEOUT)
+                    except Unroutable as exc:  # the rest of the group stays unpublished
+                        returned = exc
+                        job.publications -= 1
+                        transaction.on_commit(functools.partial(
+                            job_event_send, "returned", lane=lane, tier=tier, task=job.task))
+                        break
+                    sent.append(job)
+            # What the broker confirmed is recorded, even when a later one was returned.
+            Job.objects.filter(id__in=[j.id for j in sent]).update(
                 published_at=now, publications=F("publications") + 1)
+            # A job promoted once (jobs.fairness) and now waiting again (a retry, a
+            # lost run) goes back into its band: the next promotion is decided afresh.
+            demoted = [j.id for j in sent if j.id in promoted_before]
             if demoted:
                 Job.objects.filter(id__in=demoted).update(priority=band.high)
-    return len(ready)
+    return len(sent), returned
 
 
 #: Most standard jobs promoted in one lane by one check.

@@ -28,8 +28,9 @@ from django.db.models.functions import Now
 
 import routing.celery_config as routing_celery
 from jobs.models import Job
-from jobs.signals import timing_headers
+from jobs.signals import job_event_send, timing_headers
 from routing import wire
+from switchyard.amqp import Unroutable
 from switchyard.celery import app
 
 logger = logging.getLogger(__name__)
@@ -153,12 +154,19 @@ def _mark_published(job: Job) -> None:
     Job.objects.filter(id=job.id).update(published_at=Now(), publications=job.publications)
 
 
+def _count_if_returned(job: Job, exc: BaseException) -> None:
+    """Count a publication the broker returned unrouted (``switchyard.amqp.Unroutable``)."""
+    if isinstance(exc, Unroutable):
+        job_event_send("returned", lane=job.lane, tier=job.tier, task=job.task)
+
+
 def publish_or_defer(job: Job) -> None:
     """Publish ``job`` if the broker takes it; else the dispatcher publishes it after
     ``PUBLISH_GRACE`` (it is recorded, unpublished)."""
     try:
         publish_job(job)
     except Exception as exc:  # the dispatcher publishes it after PUBLISH_GRACE
+        _count_if_returned(job, exc)
         logger.warning("job %s recorded but not yet published (%s)", job.id, exc)
 
 
@@ -208,7 +216,8 @@ def publish_after_commit(job: Job) -> None:
         logger.warning("job %s accepted; the broker did not confirm within %.1f s (blocked "
                        "or slow), the dispatcher will publish it", job.id, deadline)
         return
-    except Exception as exc:  # broker down or refusing: the dispatcher will retry
+    except Exception as exc:  # broker down, refusing or returning: the dispatcher will retry
+        _count_if_returned(job, exc)
         logger.warning("job %s accepted but not yet published (%s); the dispatcher will "
                        "publish it", job.id, exc)
         return

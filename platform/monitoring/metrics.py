@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 #: Every counter, by the ``job_event`` it counts.
 EVENTS = ("submitted", "started", "succeeded", "failed", "retried", "dead", "cancelled",
-          "expired", "refused")
+          "expired", "refused", "recovered", "returned")
 _COUNTER_HELP = {
     "submitted": "Jobs accepted (API, bulk, batch chunks, links, Celery-native first sight).",
     "started": "Deliveries that started running their job.",
@@ -39,10 +39,15 @@ _COUNTER_HELP = {
     "expired": "Jobs whose expiry passed before they could start.",
     "refused": "Deliveries that ran nothing: a message naming a job its sender may not run "
                "(another tenant's job, or not sent by the platform).",
+    "recovered": "Jobs whose message was missing from their lane queue (purged, deleted, lost "
+                 "with a node, rejected by another release) and that were published again.",
+    "returned": "Publications the broker returned unrouted (no queue bound for the routing "
+                "key); the job stays unpublished and is published again.",
 }
 _COUNTER_NAME = {event: f"switchyard_jobs_{event}" for event in EVENTS}
 _COUNTER_NAME["dead"] = "switchyard_jobs_dead_lettered"
 _COUNTER_NAME["refused"] = "switchyard_deliveries_refused"
+_COUNTER_NAME["returned"] = "switchyard_publications_returned"
 
 #: Seconds: from 5 ms (a quick task on an idle lane) to 30 min (a slow lane's limit).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,

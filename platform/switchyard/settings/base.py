@@ -285,6 +285,10 @@ SWITCHYARD_PUBLISH_DEADLINE = float(os.environ.get("SWITCHYARD_PUBLISH_DEADLINE"
 SWITCHYARD_BULK_PUBLISH_DEADLINE = float(
     os.environ.get("SWITCHYARD_BULK_PUBLISH_DEADLINE") or 20)
 SWITCHYARD_BULK_CONFIRM_GRACE = float(os.environ.get("SWITCHYARD_BULK_CONFIRM_GRACE") or 120)
+# The dispatcher's census of each lane (jobs.reconcile) counts jobs published more
+# than this many seconds ago: longer than the management API's statistics interval
+# (5 s by default) plus a dispatch pass.
+SWITCHYARD_RECONCILE_AGE = float(os.environ.get("SWITCHYARD_RECONCILE_AGE") or 30)
 # Fair sharing (jobs.fairness, docs/architecture.md#fair-sharing). Per lane, at most
 # max(1, round(window x tenant weight)) of a tenant's jobs of one tier are in the broker
 # at once; the rest wait in the job table ("held") and the dispatcher releases them as

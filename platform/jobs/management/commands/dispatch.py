@@ -4,7 +4,10 @@ Runs as the ``dispatcher`` role. It publishes jobs whose countdown, eta or
 retry backoff is due, batch chunks, and jobs the web could not publish; every
 ``--reap-every`` seconds it also finds started jobs whose worker was lost
 (``jobs.dispatch.job_reap_lost``) and bulk submissions whose submitter died
-before the broker confirmed them (``jobs.dispatch.job_reclaim_unconfirmed``).
+before the broker confirmed them (``jobs.dispatch.job_reclaim_unconfirmed``);
+every ``--reconcile-every`` seconds it takes a census of each lane queue against
+the job table and publishes again the jobs whose message the broker lost
+(``jobs.reconcile``).
 It applies fair sharing (``jobs.fairness``): held jobs enter their tenant's
 window as it frees, and every ``--promote-every`` seconds standard jobs are
 promoted where the standard tier's starvation bound needs it. It keeps no
@@ -28,6 +31,7 @@ from jobs.dispatch import (
     job_reap_lost,
     job_reclaim_unconfirmed,
 )
+from jobs.reconcile import job_reconcile
 
 logger = logging.getLogger(__name__)
 #: Jobs published per pass at most.
@@ -45,12 +49,18 @@ class Command(BaseCommand):
         parser.add_argument("--promote-every", type=float, default=1.0,
                             help="seconds between checks of the standard tier's starvation "
                                  "bound (default 1)")
+        parser.add_argument("--reconcile-every", type=float, default=30.0,
+                            help="seconds between censuses of the lane queues against the "
+                                 "job table (default 30; 0: never)")
         parser.add_argument("--once", action="store_true", help="one scan, then exit")
 
     def handle(self, *args, interval: float, reap_every: float, promote_every: float,
-               once: bool, **options):
+               reconcile_every: float, once: bool, **options):
         stopping = False
         next_reap = next_promote = 0.0
+        # The first census waits a full period: a dispatcher (re)started with the
+        # rest of the platform lets the management API's figures settle first.
+        next_reconcile = time.monotonic() + reconcile_every
 
         def stop(signum, frame):
             nonlocal stopping
@@ -70,6 +80,12 @@ class Command(BaseCommand):
                 else:
                     if requeued or dead:
                         logger.warning("lost jobs: %d published again, %d dead", requeued, dead)
+            if reconcile_every > 0 and time.monotonic() >= next_reconcile:
+                next_reconcile = time.monotonic() + reconcile_every
+                try:
+                    job_reconcile()
+                except Exception:
+                    logger.exception("census of the lane queues failed")
             if time.monotonic() >= next_promote:
                 next_promote = time.monotonic() + promote_every
                 try:
