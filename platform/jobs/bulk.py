@@ -43,7 +43,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models.functions import Now
 
 from jobs import fairness
 from jobs.catalogue import task_lane
