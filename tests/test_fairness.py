@@ -249,6 +249,32 @@ def test_bulk_publishes_up_to_the_window_and_the_dispatcher_follows_weights(lane
 
 @pytest.mark.rabbitmq
 @pytest.mark.django_db(transaction=True)
+def test_a_pass_over_a_lane_without_windows_is_shared_between_tenants(lanes_empty, settings):
+    settings.SWITCHYARD_FAIR_WINDOW = {"slow": 2, "quick": 0}
+    # Given a tenant whose name sorts first with 1,200 quick jobs the dispatcher must publish
+    # (chunks, retries, countdowns come due this way) and two others with 20 each
+    early, late, later = _tenant("aaa-big"), _tenant("zzz-small"), _tenant("zzzz-small")
+    past = timezone.now() - dt.timedelta(minutes=1)
+
+    def due(tenant, n):
+        Job.objects.bulk_create([
+            Job(tenant=tenant, tenant_name=tenant.name, task="demo.quick_task", lane="quick",
+                tier="premium", priority=5, routing_key="quick.premium.demo.quick_task",
+                params={"x": 1}, submitted_at=past, run_at=past) for _ in range(n)])
+
+    due(early, 1200)
+    due(late, 20)
+    due(later, 20)
+    # When the dispatcher makes one pass of 500
+    assert job_publish_due(limit=500) == 500
+    # Then the small tenants' work went out in that pass, not after the big one's backlog
+    assert (_in_broker(late), _in_broker(later)) == (20, 20)
+    assert _in_broker(early) == 460
+    assert _ready(lanes_empty, "quick") == 500
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.django_db(transaction=True)
 def test_a_starved_standard_job_is_promoted_and_its_old_copy_goes_stale(lanes_empty,
                                                                         settings):
     settings.SWITCHYARD_FAIR_WINDOW = {"slow": 2, "quick": 0}

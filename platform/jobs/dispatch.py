@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import random
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -72,23 +73,38 @@ def job_publish_due(*, now: dt.datetime | None = None, limit: int = 500) -> int:
                        window=fairness.tenant_window(key[0], weights.get(key[2], 1)))
         for key in keys], 10**9)
     # The plan gives the order and each group's room; the pass's limit is spent on
-    # what is actually published (a group may have less due than its room).
+    # what is actually published (a group may have less due than its room), shared
+    # out in rounds: each group first gets an equal part of what is left, and what
+    # one leaves unused goes round again. Without that, a group with no window (the
+    # quick lane's) whose key sorts first would take every pass while it has work.
+    # Groups of equal standing start at a random place, so when there are more of
+    # them than the pass has jobs, no key is always served last.
     left = limit
     unroutable: set[str] = set()
-    for (lane, tier, tenant_id), room in plan:
-        if left <= 0:
-            break
-        if lane in unroutable:
-            continue
-        published, returned = _release(lane, tier, tenant_id, min(room, left), now,
-                                       weights.get(tenant_id, 1))
-        left -= published
-        if returned is not None:
-            # No queue is bound for this lane's keys (deleted, or a binding removed):
-            # its jobs stay unpublished until it is back; the other lanes go on.
-            unroutable.add(lane)
-            logger.error("lane %s: %s; its jobs stay unpublished until the lane's queue "
-                         "and binding are back (python -m routing apply)", lane, returned)
+    pending = _rotate_ties(plan, windowed)
+    while left > 0 and pending:
+        share = max(1, left // len(pending))
+        again = []
+        for (lane, tier, tenant_id), room in pending:
+            if left <= 0:
+                break
+            if lane in unroutable:
+                continue
+            take = min(room, share, left)
+            sent, returned = _release(lane, tier, tenant_id, take, now,
+                                      weights.get(tenant_id, 1))
+            left -= sent
+            if returned is not None:
+                # No queue is bound for this lane's keys (deleted, or a binding
+                # removed): its jobs stay unpublished until it is back; the other
+                # lanes go on.
+                unroutable.add(lane)
+                logger.error("lane %s: %s; its jobs stay unpublished until the lane's "
+                             "queue and binding are back (python -m routing apply)",
+                             lane, returned)
+            elif sent == take and room > take:
+                again.append(((lane, tier, tenant_id), room - take))
+        pending = again
     return limit - left
 
 
@@ -161,6 +177,18 @@ def _release(lane: str, tier: str, tenant_id, take: int, now: dt.datetime,
             if demoted:
                 Job.objects.filter(id__in=demoted).update(priority=band.high)
     return len(sent), returned
+
+
+def _rotate_ties(plan: list, windowed: set[str]) -> list:
+    """``plan`` with its groups that have no window (all of equal standing: the
+    plan orders them by key only) rotated by a random offset, after the windowed
+    groups in the plan's own order."""
+    fixed = [entry for entry in plan if entry[0][0] in windowed]
+    free = [entry for entry in plan if entry[0][0] not in windowed]
+    if free:
+        start = random.randrange(len(free))
+        free = free[start:] + free[:start]
+    return fixed + free
 
 
 #: Most standard jobs promoted in one lane by one check.
