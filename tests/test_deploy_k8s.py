@@ -60,7 +60,8 @@ def pod_specs() -> dict[str, dict]:
 def rendered_secrets(**extra: str) -> list[dict]:
     env = {**os.environ, **extra, "DJANGO_SECRET_KEY": "k" * 60,
            "DATABASE_URL": "postgres://switchyard:pw@db.internal:5432/switchyard",
-           "FLOWER_BASIC_AUTH": "ops:a-long-flower-password"}
+           "FLOWER_BASIC_AUTH": "ops:a-long-flower-password",
+           "SWITCHYARD_METRICS_TOKEN": "a-metrics-token-for-this-test"}
     env.update({g.password_variable: f"password-of-{g.role}-0123456789" for g in access.grants()})
     result = subprocess.run([sys.executable, str(BIN / "k8s-secrets")], env=env,
                             capture_output=True,
@@ -319,13 +320,13 @@ def test_no_pod_is_given_the_demo_tasks_switch():
 def test_k8s_secrets_refuses_placeholders():
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_RABBITMQ_")}
     env.update(DJANGO_SECRET_KEY="change-me-to-50-random-characters", DATABASE_URL="",
-               FLOWER_BASIC_AUTH="admin:change-me")
+               FLOWER_BASIC_AUTH="admin:change-me", SWITCHYARD_METRICS_TOKEN="change-me")
     result = subprocess.run([sys.executable, str(BIN / "k8s-secrets")], env=env,
                             capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 1 and result.stdout == ""
     for name in ("DJANGO_SECRET_KEY", "DATABASE_URL", "FLOWER_BASIC_AUTH",
-                 "SWITCHYARD_RABBITMQ_PASSWORD_WEB"):
+                 "SWITCHYARD_METRICS_TOKEN", "SWITCHYARD_RABBITMQ_PASSWORD_WEB"):
         assert name in result.stderr
 
 

@@ -122,6 +122,37 @@ def test_metrics_can_require_a_bearer_token(client, settings, no_broker_api, db)
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer t0ken").status_code == 200
 
 
+def test_production_serves_metrics_only_with_a_token(client, settings, no_broker_api, db):
+    # Given production's settings with no token configured
+    settings.SWITCHYARD_METRICS_REQUIRE_TOKEN = True
+    settings.SWITCHYARD_METRICS_TOKEN = ""
+    # Then /metrics is off, saying how to turn it on
+    answer = client.get("/metrics")
+    assert answer.status_code == 403 and b"SWITCHYARD_METRICS_TOKEN" in answer.content
+    # And with a token it answers to that token only
+    settings.SWITCHYARD_METRICS_TOKEN = "a-token-of-twenty-four-chars"
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer a-token-of-twenty-four-chars"
+                      ).status_code == 200
+
+
+def test_scrapes_in_quick_succession_read_the_job_table_once(client, settings, no_broker_api,
+                                                              db):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    settings.SWITCHYARD_METRICS_CACHE_SECONDS = 60
+    client.get("/metrics")  # computes the gauges
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(5):
+            assert client.get("/metrics").status_code == 200
+    assert len(queries) == 0
+    settings.SWITCHYARD_METRICS_CACHE_SECONDS = 0
+    with CaptureQueriesContext(connection) as queries:
+        client.get("/metrics")
+    assert len(queries) > 0
+
+
 def _job(tenant, *, lane="quick", tier="premium", status="succeeded", submitted, started=None,
          finished=None, run_at=None, task="demo.quick_task"):
     return Job.objects.create(tenant=tenant, tenant_name=tenant.name, task=task, lane=lane,

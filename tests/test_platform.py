@@ -63,6 +63,9 @@ def test_all_roles_run_and_declare_only_what_rabbitmq_4_accepts(start_role, mana
     wait_until(lambda: http_status(flower) == 401, 60, "Flower asking for a login", roles=roles)
     assert http_status(flower, "ops:wrong") == 401
     assert http_status(flower, flower_auth) == 200
+    # Its Prometheus metrics too (stock Flower serves them without the login)
+    assert http_status(flower + "metrics") == 401
+    assert http_status(flower + "metrics", flower_auth) == 200
 
     # A job runs end to end on each lane.
     tenant = Tenant.objects.create(name="smoke", tier="premium")

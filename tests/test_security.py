@@ -78,8 +78,16 @@ def test_production_settings_are_secure_by_default():
     ({"CELERY_BROKER_URL": None}, "CELERY_BROKER_URL"),
     ({"CELERY_BROKER_URL": "amqp://guest:guest@rabbitmq:5672//"}, "CELERY_BROKER_URL"),
     ({"CELERY_BROKER_URL": "amqp://switchyard-web@rabbitmq:5672//"}, "CELERY_BROKER_URL"),
+    # .env.example's placeholders, as docker-compose.yml would pass them on
+    ({"DATABASE_URL": "postgres://switchyard:change-me@postgres:5432/switchyard"},
+     "DATABASE_URL"),
+    ({"CELERY_BROKER_URL": "amqp://switchyard-web:change-me@rabbitmq:5672//"},
+     "CELERY_BROKER_URL"),
+    ({"SWITCHYARD_METRICS_TOKEN": "change-me"}, "SWITCHYARD_METRICS_TOKEN"),
+    ({"SWITCHYARD_METRICS_TOKEN": "short"}, "SWITCHYARD_METRICS_TOKEN"),
 ], ids=["no-key", "dev-key", "placeholder-key", "no-database", "no-broker", "guest-broker",
-        "passwordless-broker"])
+        "passwordless-broker", "placeholder-database", "placeholder-broker",
+        "placeholder-metrics-token", "short-metrics-token"])
 def test_production_refuses_to_start_without_its_secrets(overrides, named):
     result = manage("check", env=production_env(**overrides))
     assert result.returncode != 0

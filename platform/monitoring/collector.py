@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+import time
 
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily
@@ -91,3 +93,25 @@ class QueueCollector(Collector):
             for t in tenants:
                 share.add_metric([lane_name, t.tenant], t.share)
         yield share
+
+
+class CachedCollector(Collector):
+    """``collector``'s metrics, computed again only when older than ``ttl`` seconds.
+
+    A scrape of ``/metrics`` reads the management API and runs aggregate queries
+    over the job table; several Prometheus servers, or anyone holding the token,
+    scraping often would turn that into load on the database. Concurrent scrapes
+    of one process share one computation (the lock)."""
+
+    def __init__(self, collector: Collector, ttl: float = 5.0) -> None:
+        self.collector, self.ttl = collector, ttl
+        self._lock = threading.Lock()
+        self._families: list | None = None
+        self._at = 0.0
+
+    def collect(self):
+        with self._lock:
+            if self._families is None or time.monotonic() - self._at >= self.ttl:
+                self._families = list(self.collector.collect())
+                self._at = time.monotonic()
+            return list(self._families)

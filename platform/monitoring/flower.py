@@ -9,9 +9,11 @@ configuration file, authentication and pages) and adds:
   window, jobs waiting and the oldest one's age, wait percentiles, and per lane
   the broker's ready/unacked messages, consumers and dead letters; a "Queues"
   tab on every page's navigation bar leads there;
-* ``/api/switchyard/queues``: the same as JSON (``monitoring.snapshot``).
+* ``/api/switchyard/queues``: the same as JSON (``monitoring.snapshot``);
+* Flower's own ``/metrics`` behind its login: stock Flower serves it to anyone,
+  and it names every worker and task.
 
-Both sit behind Flower's own login. The code leans on Flower's internals
+All sit behind Flower's own login. The code leans on Flower's internals
 (``flower.command``'s steps, the navigation bar's markup), so it refuses to run
 on another Flower version than the one it is tested with.
 """
@@ -63,6 +65,7 @@ def build_app_class():
     import flower
     from flower.app import Flower, rewrite_handler
     from flower.views import BaseHandler
+    from flower.views.monitor import Metrics
     from tornado import template, web
     from tornado.ioloop import IOLoop
     from tornado.web import url
@@ -86,6 +89,13 @@ def build_app_class():
             self.set_header("Cache-Control", "no-store")
             self.write(json.dumps(snap))
 
+    class LoginMetrics(Metrics):
+        """Flower's Prometheus metrics, asking for the login like every other page."""
+
+        @web.authenticated
+        async def get(self):
+            await super().get()
+
     class TemplateLoader(template.Loader):
         """Flower's templates, with the Queues tab in its navigation bar and our page."""
 
@@ -105,7 +115,8 @@ def build_app_class():
             kwargs["template_loader"] = TemplateLoader(kwargs["template_path"])
             super().__init__(options=options, **kwargs)
             ours = [url(r"/queues", QueuesView, name="switchyard-queues"),
-                    url(r"/api/switchyard/queues", QueuesApi, name="switchyard-queues-api")]
+                    url(r"/api/switchyard/queues", QueuesApi, name="switchyard-queues-api"),
+                    url(r"/metrics", LoginMetrics, name="switchyard-flower-metrics")]
             if options is not None and options.url_prefix:
                 ours = [rewrite_handler(h, options.url_prefix) for h in ours]
             # Before Flower's own rules: its last one answers 404 to everything.

@@ -10,7 +10,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from monitoring.collector import QueueCollector
+from monitoring.collector import CachedCollector, QueueCollector
 from monitoring.metrics import recorded_registry
 from monitoring.snapshot import queue_snapshot
 from routing import priorities, topology
@@ -24,14 +24,24 @@ def _token_ok(request) -> bool:
     return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
 
+#: The scrape-time gauges, computed at most once per SWITCHYARD_METRICS_CACHE_SECONDS.
+_gauges = CachedCollector(QueueCollector())
+
+
 @require_GET
 def metrics(request):
-    """Every process's counters and histograms, plus gauges read now."""
+    """Every process's counters and histograms, plus gauges read at most a few seconds ago."""
+    if not settings.SWITCHYARD_METRICS_TOKEN and settings.SWITCHYARD_METRICS_REQUIRE_TOKEN:
+        return HttpResponse("metrics are off until SWITCHYARD_METRICS_TOKEN is set "
+                            "(production settings)\n", status=403, content_type="text/plain")
     if not _token_ok(request):
-        return HttpResponse("metrics need the bearer token (SWITCHYARD_METRICS_TOKEN)\n",
-                            status=401, content_type="text/plain")
+        response = HttpResponse("metrics need the bearer token (SWITCHYARD_METRICS_TOKEN)\n",
+                                status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
     registry = recorded_registry()
-    registry.register(QueueCollector())
+    _gauges.ttl = settings.SWITCHYARD_METRICS_CACHE_SECONDS
+    registry.register(_gauges)
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 

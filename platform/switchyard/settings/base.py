@@ -197,6 +197,12 @@ SWITCHYARD_METRICS_DIR = os.environ.get("SWITCHYARD_METRICS_DIR", "")
 SWITCHYARD_METRICS_ENABLED = env_bool("SWITCHYARD_METRICS_ENABLED", True)
 # When set, /metrics answers only to `Authorization: Bearer <token>`.
 SWITCHYARD_METRICS_TOKEN = os.environ.get("SWITCHYARD_METRICS_TOKEN", "")
+# With no token, /metrics is open (development); production sets this, and /metrics then
+# answers 403 until a token is configured.
+SWITCHYARD_METRICS_REQUIRE_TOKEN = False
+# The gauges a scrape reads from the job table and the management API are computed at most
+# once per this many seconds per process, however often /metrics is scraped.
+SWITCHYARD_METRICS_CACHE_SECONDS = float(os.environ.get("SWITCHYARD_METRICS_CACHE_SECONDS") or 5)
 # Seconds between the dashboard's refreshes.
 SWITCHYARD_DASHBOARD_REFRESH = env_int("SWITCHYARD_DASHBOARD_REFRESH", 5)
 

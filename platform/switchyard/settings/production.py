@@ -14,12 +14,27 @@ if len(SECRET_KEY) < 50:
     raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set to at least 50 random characters")
 if not os.environ.get("DATABASE_URL"):
     raise ImproperlyConfigured("DATABASE_URL must be set in production")
+#: What ``.env.example`` holds until ``make .env`` replaces it: never a production secret.
+_PLACEHOLDER = "change-me"
+if _PLACEHOLDER in (urlsplit(os.environ["DATABASE_URL"]).password or ""):
+    raise ImproperlyConfigured("DATABASE_URL must not carry the placeholder password of "
+                               ".env.example (POSTGRES_PASSWORD=change-me)")
 # Never the development default (guest, which a broker loading definitions.json does not
 # have): each role logs in as its own RabbitMQ user (docs/operations.md).
 _broker = urlsplit(os.environ.get("CELERY_BROKER_URL", ""))
 if not _broker.password or _broker.username in (None, "", "guest"):
     raise ImproperlyConfigured("CELERY_BROKER_URL must be set in production, with the role's "
                                "own RabbitMQ user and password (never guest)")
+if _PLACEHOLDER in _broker.password:
+    raise ImproperlyConfigured("CELERY_BROKER_URL must not carry the placeholder password of "
+                               ".env.example (SWITCHYARD_RABBITMQ_PASSWORD_<ROLE>=change-me)")
+# /metrics names lanes' backlogs and tenants' shares, and each scrape reads the job table:
+# in production it answers only with a bearer token (monitoring.views).
+SWITCHYARD_METRICS_REQUIRE_TOKEN = True
+_metrics_token = os.environ.get("SWITCHYARD_METRICS_TOKEN", "")
+if _metrics_token and (_PLACEHOLDER in _metrics_token or len(_metrics_token) < 24):
+    raise ImproperlyConfigured("SWITCHYARD_METRICS_TOKEN must be at least 24 random characters "
+                               "(not the placeholder of .env.example)")
 # Demo tasks are never installed in production: demo.witness, demo.poison and the rest would
 # be any tenant's to submit (docs/security.md).
 if env_bool("SWITCHYARD_DEMO_TASKS", False):
