@@ -235,6 +235,38 @@ def test_list_filters_and_paginates_own_jobs(acme):
     assert bad.status_code == 400 and list(bad.json()["errors"]) == ["cursor"]
 
 
+def test_a_page_of_jobs_stops_at_its_byte_budget_and_the_next_link_goes_on(acme, settings):
+    # Given 30 jobs with 100 KB of params each (3 MB) and a page budget of 1 MB
+    settings.SWITCHYARD_MAX_PAGE_BYTES = 1_000_000
+    tenant = Tenant.objects.get(name="acme")
+    now = timezone.now()
+    Job.objects.bulk_create([
+        Job(tenant=tenant, tenant_name="acme", task="demo.quick_task", lane="quick",
+            tier="standard", priority=2, routing_key="quick.standard.demo.quick_task",
+            params={"x": f"{i:02d}" * 50_000}, submitted_at=now - dt.timedelta(seconds=i))
+        for i in range(30)])
+    # When a client asks for pages of 1,000
+    seen, url, pages = [], "/api/v1/jobs?page_size=1000", 0
+    while url:
+        answer = acme.get(url)
+        assert answer.status_code == 200
+        body = answer.json()
+        # Then no page is much over the budget, whatever page_size asked
+        assert len(answer.content) < 1_000_000 + 120_000
+        assert body["results"] and all(len(j["params"]["x"]) == 100_000
+                                       for j in body["results"])
+        seen += [j["id"] for j in body["results"]]
+        url, pages = body["next"], pages + 1
+    # And following the next links gives every job once, newest first
+    assert pages >= 3
+    expected = [str(i) for i in Job.objects.filter(tenant=tenant)
+                .order_by("-submitted_at").values_list("id", flat=True)]
+    assert seen == expected
+    # And a job larger than the budget still comes, alone on its page
+    settings.SWITCHYARD_MAX_PAGE_BYTES = 10_000
+    assert len(acme.get("/api/v1/jobs?page_size=1000").json()["results"]) == 1
+
+
 def test_a_path_that_is_no_resource_is_a_json_404(acme):
     resp = acme.get("/api/v1/jobs/not-a-uuid")
     assert resp.status_code == 404 and resp["Content-Type"] == "application/json"

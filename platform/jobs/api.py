@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 
 from jobs.api_support import (
     IDEMPOTENCY_HEADER,
-    CursorPagination,
+    JobPagination,
     StrictSerializer,
     accepted,
     idempotency_key,
@@ -40,7 +40,7 @@ from routing import priorities, topology
 class JobListSubmitApi(APIView):
     """``POST /api/v1/jobs`` submits; ``GET /api/v1/jobs`` lists the caller's jobs."""
 
-    pagination_class = CursorPagination  # documents the list's pages in the schema
+    pagination_class = JobPagination  # documents the list's pages in the schema
 
     class InputSerializer(StrictSerializer):
         task = TaskNameField()

@@ -8,10 +8,15 @@ and the handler there renders every error the same way.
 """
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from django.conf import settings
+from django.db.models import TextField
+from django.db.models.functions import Cast, Coalesce, Length
 from rest_framework import pagination, serializers, status
 from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.response import Response
@@ -71,6 +76,44 @@ class CursorPagination(pagination.CursorPagination):
         except NotFound as exc:
             raise ValidationError({self.cursor_query_param: [
                 "invalid cursor; use the next or previous link of a page"]}) from exc
+
+
+class JobPagination(CursorPagination):
+    """Pages of jobs that also stop at ``SWITCHYARD_MAX_PAGE_BYTES`` of their
+    parameters, results and errors (at least one job a page).
+
+    A page size counts rows, not bytes: 1,000 jobs with 1 MB of params each
+    would be a 1 GB answer built in the web process. The page is first read
+    without those fields, with their sizes measured by the database; it is cut
+    where the sizes add up past the budget (the ``next`` link then starts at
+    the first job left out), and only the kept jobs' fields are read."""
+
+    heavy_fields = ("params", "result", "error")
+    _cut: int | None = None
+
+    def get_page_size(self, request):
+        return self._cut if self._cut is not None else super().get_page_size(request)
+
+    def paginate_queryset(self, queryset, request, view=None):
+        sizes = [Coalesce(Length(Cast(name, TextField())), 0) for name in self.heavy_fields]
+        light = queryset.defer(*self.heavy_fields).annotate(
+            _heavy_chars=functools.reduce(operator.add, sizes))
+        page = super().paginate_queryset(light, request, view)
+        budget, total, fits = settings.SWITCHYARD_MAX_PAGE_BYTES, 0, 0
+        for job in page:
+            total += job._heavy_chars
+            if fits and total > budget:
+                break
+            fits += 1
+        if fits < len(page):
+            self._cut = fits
+            page = super().paginate_queryset(light, request, view)
+        heavy = {row[0]: row[1:] for row in queryset.model.objects.filter(
+            pk__in=[job.pk for job in page]).values_list("pk", *self.heavy_fields)}
+        for job in page:
+            for name, value in zip(self.heavy_fields, heavy.get(job.pk, ()), strict=True):
+                setattr(job, name, value)
+        return page
 
 
 def paginated(view, request, records, serializer_class) -> Response:

@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 from jobs.api_support import (
     IDEMPOTENCY_HEADER,
     CursorPagination,
+    JobPagination,
     StrictSerializer,
     accepted,
     idempotency_key,
@@ -127,7 +128,7 @@ class BatchFailuresApi(APIView):
         return Response({"results": found, "next": next_url})
 
 
-class ChunkPagination(CursorPagination):
+class ChunkPagination(JobPagination):
     ordering = "chunk_index"
     page_size = 500
     max_page_size = 10_000

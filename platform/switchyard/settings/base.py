@@ -197,6 +197,9 @@ SWITCHYARD_METRICS_DIR = os.environ.get("SWITCHYARD_METRICS_DIR", "")
 SWITCHYARD_METRICS_ENABLED = env_bool("SWITCHYARD_METRICS_ENABLED", True)
 # When set, /metrics answers only to `Authorization: Bearer <token>`.
 SWITCHYARD_METRICS_TOKEN = os.environ.get("SWITCHYARD_METRICS_TOKEN", "")
+# A page of jobs (GET /api/v1/jobs, a batch's chunks) also stops once its jobs' params,
+# results and errors add up to this many characters (at least one job a page).
+SWITCHYARD_MAX_PAGE_BYTES = int(os.environ.get("SWITCHYARD_MAX_PAGE_BYTES") or 8_000_000)
 # With no token, /metrics is open (development); production sets this, and /metrics then
 # answers 403 until a token is configured.
 SWITCHYARD_METRICS_REQUIRE_TOKEN = False
