@@ -67,6 +67,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Per-endpoint body limits (SWITCHYARD_MAX_BODY_BYTES, SWITCHYARD_MAX_BATCH_BODY_BYTES).
     "switchyard.middleware.BodyLimitMiddleware",
+    # A database that cannot answer in time: 503 with Retry-After, never a 500.
+    "switchyard.middleware.DatabaseUnavailableMiddleware",
     # Serves collected static files (the admin's) from gunicorn, in make run and in the image.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -104,6 +106,8 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+# Seconds a statement waits for SQLite's write lock before "database is locked".
+SQLITE_BUSY_TIMEOUT = 5.0
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # One file written by every role at once (gunicorn's processes, both lanes' workers,
     # the dispatcher): docs/reliability.md ("The embedded default") and
@@ -121,7 +125,7 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["OPTIONS"] = {
         **DATABASES["default"].get("OPTIONS", {}),
         "transaction_mode": "IMMEDIATE",
-        "timeout": 5,
+        "timeout": SQLITE_BUSY_TIMEOUT,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
