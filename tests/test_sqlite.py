@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -23,17 +24,22 @@ import uuid
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from jobs.models import Job
+from tests.drills import left_in_queues
 from tests.processes import REPO, role_env, wait_until
 from tests.test_platform import free_port, http_status
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers]
+logging.getLogger("pika").setLevel(logging.WARNING)
 
 #: The steady load: submitting threads, seconds, and submissions per second in all.
 THREADS = 6
 SECONDS = 20.0
 RATE = 36.0
+#: Seconds a statement waits for SQLite's write lock (the roles' base settings).
+BUSY_TIMEOUT = settings.SQLITE_BUSY_TIMEOUT
 
 
 def manage(env: dict[str, str], *args: str) -> str:
@@ -47,7 +53,7 @@ def manage(env: dict[str, str], *args: str) -> str:
 @pytest.fixture
 def sqlite_platform(start_role, lanes_empty, tmp_path: Path):
     """Web (2 gunicorn workers), both lanes' workers and a dispatcher on a migrated SQLite
-    file of their own: ``(port, {tier: token}, database path, roles)``."""
+    file of their own: ``(port, {tier: token}, database path, roles, role environment)``."""
     path = tmp_path / "switchyard.sqlite3"
     # DATABASE_CONN_MAX_AGE as `make run` has it (role_env's 0 would reconnect per request).
     env = {"DATABASE_URL": f"sqlite:///{path}", "DATABASE_CONN_MAX_AGE": "60"}
@@ -61,7 +67,7 @@ def sqlite_platform(start_role, lanes_empty, tmp_path: Path):
              start_role("dispatcher", **env)]
     wait_until(lambda: http_status(f"http://127.0.0.1:{port}/healthz") == 200, 60, "the web",
                roles=roles)
-    return port, tokens, path, roles
+    return port, tokens, path, roles, env
 
 
 def post_job(port: int, token: str, body: dict) -> tuple[int, dict, dict]:
@@ -126,7 +132,7 @@ class SteadyLoad:
 
 
 def test_sqlite_holds_a_steady_rest_load_with_no_5xx_and_nothing_lost(sqlite_platform):
-    port, tokens, path, roles = sqlite_platform
+    port, tokens, path, roles, _ = sqlite_platform
     started = time.monotonic()
 
     # When several clients submit quick and slow jobs of both tiers at RATE per second
@@ -161,3 +167,54 @@ def test_sqlite_holds_a_steady_rest_load_with_no_5xx_and_nothing_lost(sqlite_pla
     assert not left, sorted(left)[:5]
     assert collections.Counter(statuses[i] for i in accepted) == {
         Job.Status.SUCCEEDED: len(accepted)}
+
+
+def test_sqlite_lock_held_past_the_busy_timeout_is_503_and_requeues(sqlite_platform,
+                                                                    start_role, lanes_empty):
+    port, tokens, path, roles, env = sqlite_platform
+    web, quick, slow, dispatcher = roles
+    body = {"task": "demo.quick_task", "params": {"x": 1}}
+    # Given a job waiting in the quick queue, its lane's worker stopped
+    quick.stop()
+    status, waiting, _ = post_job(port, tokens["premium"], body)
+    assert status == 202, waiting
+
+    # And another process holding the SQLite write lock past the busy timeout
+    holder = sqlite3.connect(path, timeout=10, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        # When a job is submitted
+        sent = time.monotonic()
+        status, answer, headers = post_job(port, tokens["premium"], body)
+        took = time.monotonic() - sent
+        # Then it is refused as unavailable, with Retry-After, about the busy timeout later
+        assert status == 503, (status, answer)
+        assert int(headers["Retry-After"]) > 0
+        assert set(answer) == {"detail"} and "database" in answer["detail"]
+        assert "locked" not in answer["detail"] and "sqlite" not in answer["detail"].lower()
+        assert took < 15, took
+        # (reads still answer while a writer holds the lock: WAL)
+        assert http_status(f"http://127.0.0.1:{port}/healthz") == 200
+
+        # When a worker of the lane starts and is handed the waiting job's message
+        quick = start_role("worker", "quick", name="worker-quick-again", **env)
+        wait_until(lambda: left_in_queues(lanes_empty)["quick"] == 0, 60,
+                   "the worker to take the waiting job's message", roles=[quick])
+        # ... while the lock is held for longer than it waits to record the start
+        time.sleep(BUSY_TIMEOUT + 2)
+        quick.assert_running()
+        dispatcher.assert_running()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    # Then once the lock is released the waiting job runs (its message was put back, not
+    # dropped), and submissions are accepted again
+    status, answer, _ = post_job(port, tokens["premium"], body)
+    assert status == 202, answer
+    wait_until(lambda: {job_statuses(path).get(i) for i in (waiting["id"], answer["id"])}
+               == {Job.Status.SUCCEEDED}, 30, "both accepted jobs to run",
+               roles=[web, quick, dispatcher])
+    # Nothing was recorded for the refused submission
+    assert len(job_statuses(path)) == 2
+    assert "goes back to the queue" in quick.log_path.read_text()
