@@ -31,6 +31,7 @@ from jobs.models import Job
 from jobs.signals import job_event_send, timing_headers
 from routing import wire
 from switchyard.amqp import Unroutable
+from switchyard.api_errors import DATABASE_UNAVAILABLE
 from switchyard.celery import app
 
 logger = logging.getLogger(__name__)
@@ -221,4 +222,11 @@ def publish_after_commit(job: Job) -> None:
         logger.warning("job %s accepted but not yet published (%s); the dispatcher will "
                        "publish it", job.id, exc)
         return
-    _mark_published(job)
+    try:
+        _mark_published(job)
+    except DATABASE_UNAVAILABLE as exc:
+        # The job is committed and in the broker: the request must still answer 202
+        # (a 503 would have the client submit it again). Left unmarked, the dispatcher
+        # publishes it once more after PUBLISH_GRACE; the worker runs one copy.
+        logger.warning("job %s accepted and published, not marked so (%s); the dispatcher "
+                       "will publish it again", job.id, exc)

@@ -19,6 +19,7 @@ between two deliveries.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,8 +43,14 @@ from jobs.publishing import LINK_HEADER, PUBLICATION_HEADER
 from jobs.senders import Sender, delivery_sender
 from jobs.signals import delivery_ended, delivery_labels, delivery_started, job_event_send
 from routing import topology
+from switchyard.api_errors import DATABASE_UNAVAILABLE
 
 logger = logging.getLogger(__name__)
+
+#: Seconds between two tries at a database that cannot serve (never a tight loop).
+DATABASE_REQUEUE_PAUSE = 1.0
+#: Tries at writing a delivery's outcome while the database cannot serve it.
+OUTCOME_ATTEMPTS = 3
 
 
 class DeliveryRequest(Request):
@@ -136,7 +143,16 @@ class SwitchyardTask(Task):
                 reason = f"task {self.name!r} is not a Switchyard task; it never runs from a queue"
                 logger.error("dead-lettering %s: %s", self.request.id, reason)
                 raise Reject(reason, requeue=False)
-            params = job_begin(task=self, task_id=self.request.id, args=args, kwargs=kwargs)
+            try:
+                params = job_begin(task=self, task_id=self.request.id, args=args, kwargs=kwargs)
+            except DATABASE_UNAVAILABLE as exc:
+                # SQLite's lock still held past its busy timeout, PostgreSQL away: nothing
+                # was recorded, so the message goes back to its queue, unrun, to be
+                # delivered again (acknowledging it would leave the job queued forever).
+                logger.warning("job %s: the database is unavailable (%s); its message goes "
+                               "back to the queue", self.request.id, exc)
+                time.sleep(DATABASE_REQUEUE_PAUSE)
+                raise Reject(f"database unavailable: {exc}", requeue=True) from exc
             if params is None:
                 raise Ignore()
             try:
@@ -299,13 +315,32 @@ def job_raised(*, task, task_id: str, exception: BaseException) -> None:
     fix (docs/runbooks/poison-messages.md). Otherwise the job is ``retrying``
     or ``failed`` and Celery acknowledges the message as usual.
     """
-    status = job_record_failure(job_id=task_id, error=f"{type(exception).__name__}: {exception}",
-                                retryable=not isinstance(exception, PermanentFailure))
+    status = _recorded(job_record_failure, job_id=task_id,
+                       error=f"{type(exception).__name__}: {exception}",
+                       retryable=not isinstance(exception, PermanentFailure))
     if status == Job.Status.DEAD:
         reason = Job.objects.values_list("error", flat=True).get(id=task_id)
         logger.error("job %s (%s) dead-lettered: %s", task_id, task.name, reason)
         raise Reject(reason, requeue=False) from exception
     _delivery_failed(task, status)
+
+
+def _recorded(recorder, **outcome):
+    """``recorder(**outcome)`` (one of ``jobs.outcomes``), tried again while the database
+    cannot serve it. Each recorder is one conditional UPDATE, so a second try never
+    records twice; an outcome never written leaves the job started, and the reaper
+    (``jobs.dispatch.job_reap_lost``) publishes it again after its lane's time limit."""
+    attempt = 1
+    while True:
+        try:
+            return recorder(**outcome)
+        except DATABASE_UNAVAILABLE as exc:
+            if attempt >= OUTCOME_ATTEMPTS:
+                raise
+            logger.warning("job %s: outcome not recorded, the database is unavailable (%s); "
+                           "trying again", outcome.get("job_id"), exc)
+            attempt += 1
+            time.sleep(DATABASE_REQUEUE_PAUSE)
 
 
 def _delivery_failed(task, status: str | None) -> None:
@@ -323,9 +358,9 @@ def job_succeeded(sender=None, result=None, **_):
     failed_items = 0
     if getattr(sender, "item_schema", None) is not None and isinstance(result, dict):
         failed_items = len(result.get("failed") or ())
-    if job_record_success(job_id=sender.request.id, result=jsonable(result),
-                          failed_items=failed_items,
-                          has_link=bool(getattr(sender.request, LINK_HEADER, False))):
+    if _recorded(job_record_success, job_id=sender.request.id, result=jsonable(result),
+                 failed_items=failed_items,
+                 has_link=bool(getattr(sender.request, LINK_HEADER, False))):
         delivery_ended(sender, "succeeded", finished=True)
 
 
@@ -357,7 +392,8 @@ def job_failed(sender=None, task_id=None, exception=None, **_):
     if not _is_switchyard_task(sender):
         return
     # Celery has acknowledged the message of a hard time limit: nothing to dead-letter.
-    status = job_record_failure(job_id=task_id, error=f"{type(exception).__name__}: {exception}",
-                                retryable=not isinstance(exception, PermanentFailure),
-                                dead_letter=False)
+    status = _recorded(job_record_failure, job_id=task_id,
+                       error=f"{type(exception).__name__}: {exception}",
+                       retryable=not isinstance(exception, PermanentFailure),
+                       dead_letter=False)
     _delivery_failed(sender, status)

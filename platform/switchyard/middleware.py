@@ -1,4 +1,5 @@
-"""Request body limits per endpoint, answered in the API's error shape.
+"""Request body limits per endpoint, and a database that cannot answer, in the API's
+error shape.
 
 Django has one global limit (``DATA_UPLOAD_MAX_MEMORY_SIZE``); the batch API
 needs a far larger one than everything else. The limit is checked here against
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.http import JsonResponse
+
+from switchyard.api_errors import DATABASE_UNAVAILABLE, database_unavailable_response
 
 BATCH_PATH = "/api/v1/batches"
 BULK_PATH = "/api/v1/jobs/bulk"
@@ -42,3 +45,20 @@ class BodyLimitMiddleware:
             return JsonResponse({"detail": f"body: {message}", "errors": {"body": [message]}},
                                 status=400)
         return self.get_response(request)
+
+
+class DatabaseUnavailableMiddleware:
+    """A view outside DRF (``/metrics``, the dashboard, the admin) whose database cannot
+    answer gets the API's 503 with ``Retry-After`` rather than a 500; DRF's views get it
+    from ``switchyard.api_errors.api_exception_handler``."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if isinstance(exception, DATABASE_UNAVAILABLE):
+            return database_unavailable_response(request, exception)
+        return None

@@ -7,6 +7,8 @@ from django.db import connection
 from django.http import JsonResponse
 from django.views.defaults import page_not_found
 
+from switchyard.api_errors import DATABASE_RETRY_AFTER
+
 logger = logging.getLogger(__name__)
 
 
@@ -18,7 +20,8 @@ def healthz(request):
             cursor.execute("SELECT 1")
     except Exception:  # any database failure means not ready
         logger.exception("healthz: the database is unreachable")
-        return JsonResponse({"status": "unavailable", "database": "unreachable"}, status=503)
+        return JsonResponse({"status": "unavailable", "database": "unreachable"}, status=503,
+                            headers={"Retry-After": str(DATABASE_RETRY_AFTER)})
     return JsonResponse({"status": "ok"})
 
 

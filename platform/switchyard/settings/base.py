@@ -67,6 +67,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Per-endpoint body limits (SWITCHYARD_MAX_BODY_BYTES, SWITCHYARD_MAX_BATCH_BODY_BYTES).
     "switchyard.middleware.BodyLimitMiddleware",
+    # A database that cannot answer in time: 503 with Retry-After, never a 500.
+    "switchyard.middleware.DatabaseUnavailableMiddleware",
     # Serves collected static files (the admin's) from gunicorn, in make run and in the image.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -104,6 +106,28 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+# Seconds a statement waits for SQLite's write lock before "database is locked".
+SQLITE_BUSY_TIMEOUT = 5.0
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # One file written by every role at once (gunicorn's processes, both lanes' workers,
+    # the dispatcher): docs/reliability.md ("The embedded default") and
+    # https://docs.djangoproject.com/en/5.2/ref/databases/#sqlite-notes.
+    # - IMMEDIATE: each transaction takes the write lock at BEGIN, where SQLite waits
+    #   for it (the busy timeout). A deferred one that reads, then writes, is refused
+    #   "database is locked" at once when another writer is in, whatever the timeout:
+    #   job_submit (quotas read, then INSERT) and the dispatcher's passes do exactly that.
+    # - timeout: seconds a statement waits for the lock before "database is locked",
+    #   which the API answers 503 with Retry-After (switchyard.api_errors). Well under
+    #   gunicorn's 30 s; a transaction here holds the lock for milliseconds.
+    # - WAL: readers never wait for the writer, nor the writer for readers (API reads,
+    #   the dispatcher's scans). synchronous=NORMAL is WAL's recommended level: a crash
+    #   of any process loses nothing; a power cut may lose the last commits.
+    DATABASES["default"]["OPTIONS"] = {
+        **DATABASES["default"].get("OPTIONS", {}),
+        "transaction_mode": "IMMEDIATE",
+        "timeout": SQLITE_BUSY_TIMEOUT,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
