@@ -182,6 +182,8 @@ class Flood:
         self.key = key
         self.params = params or {}
         self.answers: list[tuple[int, float, str]] = []
+        #: The ``Retry-After`` header of each 503 answer (None where it was missing).
+        self.retry_after: list[str | None] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
@@ -197,6 +199,9 @@ class Flood:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, time.monotonic() - began, json.loads(resp.read())["id"]
         except urllib.error.HTTPError as exc:
+            if exc.code == 503:
+                with self._lock:
+                    self.retry_after.append(exc.headers.get("Retry-After"))
             return exc.code, time.monotonic() - began, exc.read().decode(errors="replace")[:200]
         except OSError as exc:
             return 0, time.monotonic() - began, repr(exc)

@@ -26,6 +26,7 @@ from typing import Any
 from celery import Task, signals
 from celery.exceptions import Ignore, Reject, Retry
 from celery.worker.request import Request
+from django.db import close_old_connections
 from django.db.models import F, Q
 from django.db.models.functions import Now
 
@@ -326,10 +327,9 @@ def job_raised(*, task, task_id: str, exception: BaseException) -> None:
 
 
 def _recorded(recorder, **outcome):
-    """``recorder(**outcome)`` (one of ``jobs.outcomes``), tried again while the database
-    cannot serve it. Each recorder is one conditional UPDATE, so a second try never
-    records twice; an outcome never written leaves the job started, and the reaper
-    (``jobs.dispatch.job_reap_lost``) publishes it again after its lane's time limit."""
+    """``recorder(**outcome)`` (``jobs.outcomes``), tried again while the database cannot
+    serve it: one conditional UPDATE, so never recorded twice. An outcome never written
+    leaves the job started; the reaper publishes it again after its lane's time limit."""
     attempt = 1
     while True:
         try:
@@ -341,6 +341,7 @@ def _recorded(recorder, **outcome):
                            "trying again", outcome.get("job_id"), exc)
             attempt += 1
             time.sleep(DATABASE_REQUEUE_PAUSE)
+            close_old_connections()  # a session the server cut (a restart) is not reused
 
 
 def _delivery_failed(task, status: str | None) -> None:
