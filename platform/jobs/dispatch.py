@@ -125,7 +125,6 @@ def _release(lane: str, tier: str, tenant_id, take: int, now: dt.datetime,
     oldest first; return how many were published, and the broker's refusal if it
     returned one unrouted (the group's rest then stays unpublished)."""
     window = fairness.tenant_window(lane, weight)
-    returned: Unroutable | None = None
     with transaction.atomic():
         if window is not None:
             if not _group_lock(lane, tier, tenant_id):
@@ -150,32 +149,47 @@ def _release(lane: str, tier: str, tenant_id, take: int, now: dt.datetime,
                 status=Job.Status.EXPIRED, finished_at=now,
                 error="expired before it could be published")
             transaction.on_commit(lambda: job_events_for("expired", expired))
-        sent = []
-        if ready:
-            band = priorities.tier(tier)
-            promoted_before = {j.id for j in ready if j.priority > band.high}
-            with app.producer_or_acquire() as producer:
-                for job in ready:
-                    job.priority = min(job.priority, band.high)
-                    job.publications += 1
-                    try:
-                        send_job(job, producer=producer,
-                                 confirm_timeout=DISPATCH_CONFIRM_TIMEOUT)
-                    except Unroutable as exc:  # the rest of the group stays unpublished
-                        returned = exc
-                        job.publications -= 1
-                        transaction.on_commit(functools.partial(
-                            job_event_send, "returned", lane=lane, tier=tier, task=job.task))
-                        break
-                    sent.append(job)
-            # What the broker confirmed is recorded, even when a later one was returned.
-            Job.objects.filter(id__in=[j.id for j in sent]).update(
-                published_at=now, publications=F("publications") + 1)
-            # A job promoted once (jobs.fairness) and now waiting again (a retry, a
-            # lost run) goes back into its band: the next promotion is decided afresh.
-            demoted = [j.id for j in sent if j.id in promoted_before]
-            if demoted:
-                Job.objects.filter(id__in=demoted).update(priority=band.high)
+        if connection.vendor != "sqlite":
+            # Published under the rows' locks (SKIP LOCKED keeps other dispatchers off).
+            return _publish(ready, lane, tier, now)
+    # SQLite: one dispatcher, and one writer at a time for the whole database. The
+    # publishes (up to DISPATCH_CONFIRM_TIMEOUT each while the broker is blocked) run
+    # outside the write transaction, so submissions do not wait behind them.
+    return _publish(ready, lane, tier, now)
+
+
+def _publish(ready: list[Job], lane: str, tier: str,
+             now: dt.datetime) -> tuple[int, Unroutable | None]:
+    """Publish ``ready`` in order and record what the broker confirmed; stop at the
+    first message it returns unrouted."""
+    if not ready:
+        return 0, None
+    sent, returned = [], None
+    band = priorities.tier(tier)
+    promoted_before = {j.id for j in ready if j.priority > band.high}
+    with app.producer_or_acquire() as producer:
+        for job in ready:
+            job.priority = min(job.priority, band.high)
+            job.publications += 1
+            try:
+                send_job(job, producer=producer, confirm_timeout=DISPATCH_CONFIRM_TIMEOUT)
+            except Unroutable as exc:  # the rest of the group stays unpublished
+                returned = exc
+                job.publications -= 1
+                break
+            sent.append(job)
+    with transaction.atomic():
+        # What the broker confirmed is recorded, even when a later one was returned.
+        Job.objects.filter(id__in=[j.id for j in sent]).update(
+            published_at=now, publications=F("publications") + 1)
+        # A job promoted once (jobs.fairness) and now waiting again (a retry, a lost
+        # run) goes back into its band: the next promotion is decided afresh.
+        demoted = [j.id for j in sent if j.id in promoted_before]
+        if demoted:
+            Job.objects.filter(id__in=demoted).update(priority=band.high)
+        if returned is not None:
+            transaction.on_commit(functools.partial(
+                job_event_send, "returned", lane=lane, tier=tier, task=ready[len(sent)].task))
     return len(sent), returned
 
 
