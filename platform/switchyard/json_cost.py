@@ -13,7 +13,9 @@ raw bytes at C speed:
   characters;
 * the width of the text: 1 byte per character for ASCII or Latin-1, 2 beyond it, 4
   with a character beyond U+FFFF (one emoji makes the whole decoded text 4 bytes
-  a character; a ``\\ud83d`` escape does it to the string it is in).
+  a character; a ``\\ud83d`` escape does it to the string it is in). A string
+  with an escape or a non-ASCII character is built by a growing buffer, which may
+  hold half as much again before it is trimmed.
 
 The count is first taken with no regard for strings (an upper bound, almost free);
 only if that is over budget are the strings skipped for the exact count, a
@@ -46,25 +48,27 @@ class JsonCost:
     size: int
     values: int
     text_width: int
-    string_width: int
+    #: Bytes per character of the strings as they are built (growing buffers included).
+    string_width: float
 
     @property
     def peak(self) -> int:
         """Peak bytes of parsing: the body with its decoded text, then the text with
         the objects (strings at most as many characters as the body)."""
         n = self.size
-        return max(n + self.text_width * n,
-                   self.text_width * n + self.string_width * n + BYTES_PER_VALUE * self.values)
+        return int(max(n + self.text_width * n, self.text_width * n + self.string_width * n
+                       + BYTES_PER_VALUE * self.values))
 
     def values_allowed(self, budget: int) -> int:
         """How many values and keys a body of this size and text may hold."""
         n = self.size
-        return max(0, (budget - self.text_width * n - self.string_width * n)
+        return max(0, int(budget - self.text_width * n - self.string_width * n)
                    // BYTES_PER_VALUE)
 
 
-def _widths(body: bytes) -> tuple[int, int]:
-    if body.isascii():
+def _widths(body: bytes) -> tuple[int, float]:
+    ascii_only = body.isascii()
+    if ascii_only:
         text = 1
     else:
         text = 4 if _ASTRAL_RAW.search(body) else 2 if _WIDE_RAW.search(body) else 1
@@ -74,7 +78,9 @@ def _widths(body: bytes) -> tuple[int, int]:
             strings = 4
         elif strings < 2 and _WIDE_ESCAPE.search(body):
             strings = 2
-    return text, strings
+    if ascii_only and b"\\" not in body:
+        return text, strings  # every string a slice of the text, of its exact size
+    return text, strings * 1.5
 
 
 def values_upper_bound(body: bytes) -> int:
