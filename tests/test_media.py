@@ -19,7 +19,7 @@ from PIL import Image
 from jobs.models import Batch, Job
 from jobs.submission import job_submit
 from media import services, storage
-from media.images import ImageRefused, decode, thumbnail
+from media.images import ImageRefused, decode, shown_size, thumbnail
 from media.models import File
 from media.paths import PathRefused, clean_folder, clean_name, resolve_source
 from tests import media_support as img
@@ -76,8 +76,11 @@ def test_exif_orientation_is_honoured_and_aspect_kept():
     # A 400x200 landscape sensor image tagged "rotate 90 degrees clockwise"
     decoded = decode(img.jpeg(400, 200, orientation=6), **LIMITS)
     assert (decoded.width, decoded.height) == (200, 400)
-    data, thumb = thumbnail(decoded.image, edge=128, image_format="JPEG")
-    assert thumb.size == (64, 128)
+    # The decoded image stays as stored (no full-size turned copy); each thumbnail is turned
+    assert decoded.image.size == (400, 200) and decoded.orientation == 6
+    data, thumb = thumbnail(decoded.image, edge=128, image_format="JPEG",
+                            orientation=decoded.orientation)
+    assert shown_size(thumb.size, decoded.orientation) == (64, 128)
     assert Image.open(io.BytesIO(data)).size == (64, 128)
 
 

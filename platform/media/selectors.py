@@ -5,8 +5,12 @@ import uuid
 
 from django.db.models import Q, QuerySet
 
+from media.images import CONTENT_TYPES, decode_cost
 from media.models import File
 from tenants.models import Tenant
+
+#: Image format of each content type.
+FORMATS = {content_type: fmt for fmt, content_type in CONTENT_TYPES.items()}
 
 
 def file_get(*, tenant: Tenant, file_id) -> File | None:
@@ -30,16 +34,21 @@ def file_list(*, tenant: Tenant, folder: str | None = None, recursive: bool = Fa
     return files
 
 
-def file_sizes(*, tenant: Tenant, file_ids) -> dict[str, int]:
-    """``{file id: bytes}`` of the tenant's files among ``file_ids`` (unknown ids left out)."""
+def file_costs(*, tenant: Tenant, file_ids) -> dict[str, tuple[int, int]]:
+    """``{file id: (bytes, bytes of memory to decode it)}`` of the tenant's files among
+    ``file_ids`` (unknown ids left out); the decode cost from the recorded width and
+    height (``media.images.decode_cost``), without reading a byte of the file."""
     ids = []
     for value in file_ids:
         try:
             ids.append(uuid.UUID(str(value)))
         except ValueError:
             continue
-    sizes: dict[str, int] = {}
+    costs: dict[str, tuple[int, int]] = {}
     for start in range(0, len(ids), 10_000):  # bounded query parameters
         rows = File.objects.filter(tenant=tenant, id__in=ids[start:start + 10_000])
-        sizes.update((str(pk), size) for pk, size in rows.values_list("id", "size"))
-    return sizes
+        for pk, size, width, height, content_type in rows.values_list(
+                "id", "size", "width", "height", "content_type"):
+            image_format = FORMATS.get(content_type)
+            costs[str(pk)] = (size, decode_cost(image_format, (width or 0) * (height or 0)))
+    return costs

@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from jobs.errors import PermanentFailure
 from media import storage
-from media.images import ImageRefused, decode, thumbnail
+from media.images import ImageRefused, decode, shown_size, thumbnail
 from media.models import File
 from media.paths import PathRefused, clean_folder, clean_name, resolve_source
 from tenants.models import Tenant
@@ -59,12 +59,14 @@ def _max_bytes() -> int:
     return settings.SWITCHYARD_MEDIA_MAX_FILE_BYTES
 
 
-def _decode(data: bytes, *, thumbnails: bool) -> Any:
+def _decode(data: bytes, *, thumbnails: bool, lane_name: str | None) -> Any:
     edges = settings.SWITCHYARD_MEDIA_THUMBNAIL_SIZES
-    try:
-        # Without thumbnails the JPEG is still read through, at 1/8 scale.
+    budgets = settings.SWITCHYARD_MEDIA_DECODE_BYTES
+    try:  # out of a lane (a shell, a test), the largest budget; no thumbnails: JPEG at 1/8
         return decode(data, max_bytes=_max_bytes(), max_pixels=settings.SWITCHYARD_MEDIA_MAX_PIXELS,
-                      draft_edge=max(edges) if thumbnails and edges else 1)
+                      draft_edge=max(edges) if thumbnails and edges else 1,
+                      max_cost=budgets.get(lane_name, max(budgets.values())),
+                      where=f"the {lane_name} lane" if lane_name in budgets else "")
     except ImageRefused as exc:
         raise Refused(str(exc)) from None
 
@@ -131,8 +133,8 @@ def _locked(file: File) -> File:
 
 
 def _set_trashed(file: File) -> None:
-    File.objects.filter(id=file.id).update(state=File.State.TRASHED, trashed_at=timezone.now(),
-                                           updated_at=timezone.now())
+    now = timezone.now()
+    File.objects.filter(id=file.id).update(state=File.State.TRASHED, trashed_at=now, updated_at=now)
 
 
 # Bytes --------------------------------------------------------------------------------------
@@ -144,8 +146,8 @@ def _write_thumbnails(file_id: uuid.UUID, tenant_name: str, decoded, image_forma
     the original's key (``original``: key and bytes) instead of a re-encoded copy."""
     made = {}
     image = decoded.image
-    # Largest first, each scaled from the one before: a 128 px thumbnail is drawn
-    # from the 512 px one, not from 20 megapixels again.
+    # Largest first, each scaled in place from the one before (no full-size copy, and
+    # a 128 px thumbnail is drawn from the 512 px one, not from 20 megapixels again).
     for edge in sorted(settings.SWITCHYARD_MEDIA_THUMBNAIL_SIZES, reverse=True):
         if (max(decoded.width, decoded.height) <= edge and image_format == decoded.format
                 and decoded.upright):
@@ -153,10 +155,12 @@ def _write_thumbnails(file_id: uuid.UUID, tenant_name: str, decoded, image_forma
             made[str(edge)] = {"key": key, "width": decoded.width, "height": decoded.height,
                                "format": image_format, "bytes": size}
             continue
-        data, image = thumbnail(image, edge=edge, image_format=image_format)
+        data, image = thumbnail(image, edge=edge, image_format=image_format,
+                                orientation=decoded.orientation, in_place=True)
         key = storage.thumbnail_key(tenant_name, file_id, edge, image_format)
         storage.write_bytes(key, data)
-        made[str(edge)] = {"key": key, "width": image.width, "height": image.height,
+        width, height = shown_size(image.size, decoded.orientation)
+        made[str(edge)] = {"key": key, "width": width, "height": height,
                            "format": image_format, "bytes": len(data)}
     return dict(sorted(made.items(), key=lambda item: int(item[0])))
 
@@ -181,8 +185,8 @@ def _read_original(file: File) -> bytes:
 # Upload -------------------------------------------------------------------------------------
 
 def _ingest(*, tenant: Tenant, file_id: uuid.UUID, data: bytes, folder: str, name: str,
-            on_clash: str, thumbnails: bool) -> File:
-    decoded = _decode(data, thumbnails=thumbnails)
+            on_clash: str, thumbnails: bool, lane_name: str | None) -> File:
+    decoded = _decode(data, thumbnails=thumbnails, lane_name=lane_name)
     key = storage.original_key(tenant.name, file_id, decoded.format)
     storage.write_bytes(key, data)
     thumbs = (_write_thumbnails(file_id, tenant.name, decoded, decoded.format,
@@ -199,7 +203,8 @@ def _ingest(*, tenant: Tenant, file_id: uuid.UUID, data: bytes, folder: str, nam
 
 
 def file_upload_staged(*, tenant: Tenant, token: str, folder: str, name: str,
-                       on_clash: str = "refuse", thumbnails: bool = True) -> File:
+                       on_clash: str = "refuse", thumbnails: bool = True,
+                       lane_name: str | None = None) -> File:
     """Turn a staged upload into a file (validated by content, thumbnails made).
     The staged bytes are removed once the file exists or was refused."""
     folder = _clean(folder, clean_folder, "folder")
@@ -216,8 +221,8 @@ def file_upload_staged(*, tenant: Tenant, token: str, folder: str, name: str,
         except FileNotFoundError:
             raise Refused("the uploaded file is no longer staged (refused or expired)") from None
         try:
-            existing = _ingest(tenant=tenant, file_id=file_id, data=data, folder=folder,
-                               name=name, on_clash=on_clash, thumbnails=thumbnails)
+            existing = _ingest(tenant=tenant, file_id=file_id, data=data, folder=folder, name=name,
+                               on_clash=on_clash, thumbnails=thumbnails, lane_name=lane_name)
         except Refused:
             storage.delete_key(key)
             raise
@@ -226,7 +231,8 @@ def file_upload_staged(*, tenant: Tenant, token: str, folder: str, name: str,
 
 
 def file_import(*, tenant: Tenant, source: str, folder: str, name: str | None = None,
-                on_clash: str = "refuse", thumbnails: bool = True, operation: str) -> File:
+                on_clash: str = "refuse", thumbnails: bool = True, operation: str,
+                lane_name: str | None = None) -> File:
     """Import a file from the tenant's import folder (``source`` relative to it).
     ``operation`` identifies the request (job and item): a rerun returns the same file."""
     folder = _clean(folder, clean_folder, "folder")
@@ -244,18 +250,19 @@ def file_import(*, tenant: Tenant, source: str, folder: str, name: str | None = 
     with open(path, "rb") as fh:
         data = fh.read(_max_bytes() + 1)
     return _ingest(tenant=tenant, file_id=file_id, data=data, folder=folder, name=name,
-                   on_clash=on_clash, thumbnails=thumbnails)
+                   on_clash=on_clash, thumbnails=thumbnails, lane_name=lane_name)
 
 
 # Thumbnails ---------------------------------------------------------------------------------
 
-def file_thumbnail(*, file: File, image_format: str | None = None) -> File:
+def file_thumbnail(*, file: File, image_format: str | None = None,
+                   lane_name: str | None = None) -> File:
     """(Re)make the file's thumbnails in every configured size, as ``image_format``
-    (JPEG, PNG or WEBP; the original's by default). Same keys on a rerun; thumbnails
-    of sizes or formats no longer wanted are removed."""
+    (JPEG, PNG or WEBP; the original's by default), within the decode budget of
+    ``lane_name``. Same keys on a rerun; sizes or formats no longer wanted are removed."""
     if file.state != File.State.ACTIVE:
         raise Refused(f"file {file.id} is {file.state}; only active files get thumbnails")
-    decoded = _decode(_read_original(file), thumbnails=True)
+    decoded = _decode(_read_original(file), thumbnails=True, lane_name=lane_name)
     image_format = (image_format or decoded.format).upper()
     if image_format not in storage.EXTENSIONS:
         raise Refused(f"format must be JPEG, PNG or WEBP, got {image_format!r}")

@@ -9,8 +9,11 @@ Lanes by cost (``MediaTask.lane_for``): uploads, thumbnails and copies read
 and write image bytes, so a job (or batch chunk) with a file of
 ``SWITCHYARD_MEDIA_SLOW_LANE_BYTES`` or more, or whose files add up to
 ``SWITCHYARD_MEDIA_QUICK_CHUNK_BYTES`` or more, runs in ``slow``; small files
-in ``quick``. Rename, move, trash, restore and delete touch one row (and delete
-a few keys): always ``quick``.
+in ``quick``. Uploads and thumbnails also decode: one whose image needs more
+memory to decode than the quick lane has (``SWITCHYARD_MEDIA_DECODE_BYTES``,
+from its header's pixels: a small PNG can hold 88 megapixels) runs in ``slow``,
+and a task refuses to decode more than the lane it runs in has. Rename, move,
+trash, restore and delete touch one row (and delete a few keys): always ``quick``.
 
 The tenant is the job's (its record exists before the task runs, for the API's
 jobs and for Celery-native messages alike); a file of another tenant is
@@ -28,12 +31,14 @@ from django.conf import settings
 
 from jobs.batch_task import batch_task
 from jobs.catalogue import InvalidParams
+from jobs.models import Job
 from jobs.options import fingerprint
 from jobs.task import SwitchyardTask
 from media import storage
+from media.images import header_cost
 from media.models import File
 from media.paths import PathRefused, clean_folder, clean_name, resolve_source
-from media.selectors import file_get, file_sizes
+from media.selectors import file_costs, file_get
 from media.services import (
     ON_CLASH,
     Refused,
@@ -52,13 +57,16 @@ from routing import topology
 from switchyard.celery import app
 from tenants.models import Tenant
 
+#: What one file of a job costs: ``(bytes, bytes of memory to decode it)``.
+Cost = tuple[int, int]
+
 
 class MediaTask(SwitchyardTask):
-    """A media task whose lane follows the bytes its files weigh (``costing``)."""
+    """A media task whose lane follows what its files cost (``costing``)."""
 
-    #: ``costing(chunks, tenant) -> [[bytes of each file] per chunk]``; None: the
+    #: ``costing(chunks, tenant) -> [[Cost of each file] per chunk]``; None: the
     #: declared lane.
-    costing: Callable[[Sequence[Sequence[Any]], Tenant], list[list[int]]] | None = None
+    costing: Callable[[Sequence[Sequence[Any]], Tenant], list[list[Cost]]] | None = None
 
     def lane_for(self, params: Mapping[str, Any], *, tenant: Any = None) -> str:
         items = params.get("items") if isinstance(params, Mapping) else None
@@ -69,34 +77,56 @@ class MediaTask(SwitchyardTask):
     def chunk_lanes(self, chunks: Sequence[Sequence[Any]], *, tenant: Any = None) -> list[str]:
         if self.costing is None or tenant is None:
             return [self.lane] * len(chunks)
-        return [lane_for_sizes(sizes) for sizes in self.costing(chunks, tenant)]
+        return [lane_for_costs(costs) for costs in self.costing(chunks, tenant)]
 
 
-def lane_for_sizes(sizes: Sequence[int]) -> str:
-    """``slow`` for a large file (``SWITCHYARD_MEDIA_SLOW_LANE_BYTES``) or many bytes in
-    all (``SWITCHYARD_MEDIA_QUICK_CHUNK_BYTES``), else ``quick``."""
+def lane_for_costs(costs: Sequence[Cost]) -> str:
+    """``slow`` for a large file (``SWITCHYARD_MEDIA_SLOW_LANE_BYTES``), many bytes in
+    all (``SWITCHYARD_MEDIA_QUICK_CHUNK_BYTES``) or a file that needs more memory to
+    decode than the quick lane has (``SWITCHYARD_MEDIA_DECODE_BYTES``), else ``quick``.
+    Files are decoded one at a time: the largest decode counts, not their sum."""
+    sizes = [size for size, _ in costs]
     heavy = (max(sizes, default=0) >= settings.SWITCHYARD_MEDIA_SLOW_LANE_BYTES
-             or sum(sizes) >= settings.SWITCHYARD_MEDIA_QUICK_CHUNK_BYTES)
+             or sum(sizes) >= settings.SWITCHYARD_MEDIA_QUICK_CHUNK_BYTES
+             or max((decode for _, decode in costs), default=0)
+             > settings.SWITCHYARD_MEDIA_DECODE_BYTES[topology.QUICK.name])
     return topology.SLOW.name if heavy else topology.QUICK.name
 
 
-def _files_weight(chunks: Sequence[Sequence[Any]], tenant: Tenant) -> list[list[int]]:
+def _files_weight(chunks: Sequence[Sequence[Any]], tenant: Tenant, *,
+                  decodes: bool = True) -> list[list[Cost]]:
     ids = [item.get("file") for chunk in chunks for item in chunk if isinstance(item, dict)]
-    sizes = file_sizes(tenant=tenant, file_ids=ids)
-    return [[sizes.get(str(item.get("file")), 0) for item in chunk if isinstance(item, dict)]
-            for chunk in chunks]
+    found = file_costs(tenant=tenant, file_ids=ids)
+
+    def weight(item: dict) -> Cost:
+        size, decode = found.get(str(item.get("file")), (0, 0))
+        return (size, decode if decodes else 0)
+
+    return [[weight(item) for item in chunk if isinstance(item, dict)] for chunk in chunks]
 
 
-def _upload_weight(chunks: Sequence[Sequence[Any]], tenant: Tenant) -> list[list[int]]:
-    def weight(item: Any) -> int:
+def _copy_weight(chunks: Sequence[Sequence[Any]], tenant: Tenant) -> list[list[Cost]]:
+    """A copy reads and writes bytes; it decodes nothing."""
+    return _files_weight(chunks, tenant, decodes=False)
+
+
+def _upload_weight(chunks: Sequence[Sequence[Any]], tenant: Tenant) -> list[list[Cost]]:
+    def weight(item: Any) -> Cost:
         if not isinstance(item, dict):
-            return 0
+            return (0, 0)
         if storage.is_staging_token(item.get("staged")):
-            return storage.size_of(storage.staging_key(tenant.name, item["staged"])) or 0
+            key = storage.staging_key(tenant.name, item["staged"])
+            size = storage.size_of(key) or 0
+            try:
+                with storage.media_storage().open(key, "rb") as fh:
+                    return (size, header_cost(fh) or 0)
+            except OSError:
+                return (size, 0)
         try:
-            return resolve_source(item.get("source"), tenant_name=tenant.name).stat().st_size
+            path = resolve_source(item.get("source"), tenant_name=tenant.name)
+            return (path.stat().st_size, header_cost(path) or 0)
         except (PathRefused, OSError):
-            return 0  # refused by check_item, or by the task with its reason
+            return (0, 0)  # refused by check_item, or by the task with its reason
 
     return [[weight(item) for item in chunk] for chunk in chunks]
 
@@ -174,6 +204,16 @@ def _job() -> tuple[Tenant, str, str]:
     return _context["tenant"], request.id, current_task.name
 
 
+def _running_lane() -> str | None:
+    """The lane whose queue the running job came from (None outside a worker)."""
+    request = current_task.request
+    routing_key = (getattr(request, "delivery_info", None) or {}).get("routing_key") or ""
+    lane_name = routing_key.split(".", 1)[0]
+    if lane_name in topology.LANES_BY_NAME:
+        return lane_name
+    return Job.objects.filter(id=request.id).values_list("lane", flat=True).first()
+
+
 def _file(item: Mapping, tenant: Tenant) -> File:
     file = file_get(tenant=tenant, file_id=item.get("file"))
     if file is None:
@@ -214,10 +254,11 @@ def upload(item: dict) -> dict:
                "thumbnails": item.get("thumbnails", True)}
     if "staged" in item:
         file = file_upload_staged(tenant=tenant, token=item["staged"],
-                                  name=item.get("name", ""), **options)
+                                  name=item.get("name", ""), lane_name=_running_lane(),
+                                  **options)
     else:
         file = file_import(tenant=tenant, source=item.get("source"), name=item.get("name"),
-                           operation=operation, **options)
+                           operation=operation, lane_name=_running_lane(), **options)
     return {**_summary(file), "size": file.size, "content_type": file.content_type}
 
 
@@ -230,7 +271,8 @@ def upload(item: dict) -> dict:
 def make_thumbnails(item: dict) -> dict:
     """(Re)make a file's thumbnails in every configured size (EXIF orientation applied)."""
     tenant, _ = _op(item)
-    file = file_thumbnail(file=_file(item, tenant), image_format=item.get("format"))
+    file = file_thumbnail(file=_file(item, tenant), image_format=item.get("format"),
+                          lane_name=_running_lane())
     return {**_summary(file), "thumbnails": sorted(file.thumbnails, key=int)}
 
 
@@ -260,7 +302,7 @@ def move(item: dict) -> dict:
 
 
 @batch_task(
-    name="media.copy", lane="slow", base=MediaTask, costing=staticmethod(_files_weight),
+    name="media.copy", lane="slow", base=MediaTask, costing=staticmethod(_copy_weight),
     check_item=check_file_item, **_OPTS,
     item_schema=_schema({"file": _FILE, "to_folder": _FOLDER, "name": _NAME,
                          "on_clash": _ON_CLASH}, ["file", "to_folder"]),

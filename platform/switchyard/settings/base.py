@@ -164,6 +164,14 @@ SWITCHYARD_MAX_BODY_BYTES = env_int("SWITCHYARD_MAX_BODY_BYTES", 1024 * 1024)
 SWITCHYARD_MAX_BATCH_BODY_BYTES = env_int("SWITCHYARD_MAX_BATCH_BODY_BYTES", 64 * 1024 * 1024)
 SWITCHYARD_MAX_BATCH_ITEMS = env_int("SWITCHYARD_MAX_BATCH_ITEMS", 100_000)
 SWITCHYARD_MAX_BULK_JOBS = env_int("SWITCHYARD_MAX_BULK_JOBS", 10_000)
+# Largest memory (bytes) parsing one JSON body may take, estimated on its bytes before
+# parsing (switchyard.json_cost): over it, 400 naming `body`. From the web pod
+# (deploy/k8s/web.yaml): (768 MiB - ~25 MiB for gunicorn's arbiter) / WEB_WORKERS 2
+# - ~90 MiB for a worker at rest = 281 MiB a request may take; 192 MiB leaves about
+# 90 MiB for the view's own work. A 64 MiB batch of ASCII text fits with up to
+# 700,000 values and keys; 100,000 items of up to 400 bytes fit. docs/security.md
+SWITCHYARD_MAX_JSON_MEMORY_BYTES = env_int("SWITCHYARD_MAX_JSON_MEMORY_BYTES",
+                                           192 * 1024 * 1024)
 # Seconds a tenant's quota counts are reused by a process before they are read
 # again (each read scans the tenant's waiting jobs); 0 reads them every time.
 SWITCHYARD_QUOTA_COUNT_TTL = float(os.environ.get("SWITCHYARD_QUOTA_COUNT_TTL") or 1.0)
@@ -205,6 +213,19 @@ SWITCHYARD_MEDIA_MAX_UPLOAD_BODY_BYTES = env_int("SWITCHYARD_MEDIA_MAX_UPLOAD_BO
                                                  256 * 1024 * 1024)
 # Images claiming more pixels are refused as decompression bombs before decoding.
 SWITCHYARD_MEDIA_MAX_PIXELS = env_int("SWITCHYARD_MEDIA_MAX_PIXELS", 90_000_000)
+# Memory (bytes) one pool process of each lane has for decoding one image, which
+# media.images.decode_cost estimates from the header (pixels x measured bytes per
+# pixel of the format). An image that needs more than quick's goes to slow; more than
+# the lane it runs in is refused, never decoded. From the pods (deploy/k8s/workers.yaml):
+# (pod limit - ~100 MiB for the worker's main process) / concurrency - ~90 MiB for a
+# pool process at rest, with about 20 % (quick) and 13 % (slow) kept spare:
+# quick (1 GiB - 100) / 4 - 90 = 141 MiB -> 112 MiB; slow (2 GiB - 100) / 2 - 90 =
+# 884 MiB -> 768 MiB. docs/media.md#memory
+SWITCHYARD_MEDIA_DECODE_BYTES = {
+    lane.name: env_int(f"SWITCHYARD_MEDIA_DECODE_BYTES_{lane.name.upper()}",
+                       {"quick": 112, "slow": 768}.get(lane.name, 112) * 1024 * 1024)
+    for lane in _topology.LANES
+}
 # Longest edge of each thumbnail, in pixels.
 SWITCHYARD_MEDIA_THUMBNAIL_SIZES = sorted({
     int(size) for size in (os.environ.get("SWITCHYARD_MEDIA_THUMBNAIL_SIZES")
