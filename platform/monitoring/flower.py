@@ -9,7 +9,8 @@ configuration file, authentication and pages) and adds:
   window, jobs waiting and the oldest one's age, wait percentiles, and per lane
   the broker's ready/unacked messages, consumers and dead letters; a "Queues"
   tab on every page's navigation bar leads there;
-* ``/api/switchyard/queues``: the same as JSON (``monitoring.snapshot``).
+* ``/api/switchyard/queues``: the same as JSON (``monitoring.snapshot``);
+* an event receiver that does not declare ``celeryev`` (``switchyard.events``).
 
 Both sit behind Flower's own login. The code leans on Flower's internals
 (``flower.command``'s steps, the navigation bar's markup), so it refuses to run
@@ -59,17 +60,28 @@ def _snapshot(window: int) -> dict:
 
 
 def build_app_class():
-    """Flower's application class with the Queues page and API added."""
+    """Flower's application class with the Queues page and API added, its event
+    receiver Switchyard's."""
     import flower
+    import flower.events as flower_events
+    from celery.events import EventReceiver
     from flower.app import Flower, rewrite_handler
     from flower.views import BaseHandler
     from tornado import template, web
     from tornado.ioloop import IOLoop
     from tornado.web import url
 
+    from switchyard.events import PlatformEventReceiver
+
     if flower.__version__ != FLOWER_VERSION:
         raise SystemExit(f"monitoring.flower is tested with Flower {FLOWER_VERSION}, found "
                          f"{flower.__version__}; pin flower=={FLOWER_VERSION} or re-test it")
+    # Flower makes its event receiver from Celery's class, not from app.events: make it
+    # bind its queue to celeryev without declaring the exchange, which its broker user
+    # may read but not configure (switchyard/events.py, routing/access.py).
+    if flower_events.EventReceiver is not EventReceiver:
+        raise RuntimeError("flower.events no longer uses Celery's EventReceiver")
+    flower_events.EventReceiver = PlatformEventReceiver
 
     class QueuesView(BaseHandler):
         @web.authenticated
