@@ -235,7 +235,7 @@ def test_each_role_is_refused_what_it_does_not_need(role, what, role_urls,
     assert management.exchange(settings.TEST_VHOST, topology.EXCHANGE_NAME) is not None
 
 
-def test_publishers_and_tenants_publish_and_nothing_is_routed_to_a_queue_of_theirs(
+def test_publishers_and_tenants_may_publish_to_tasks(
         role_urls, lanes_empty, management):
     for role in ("web", "dispatcher", "beat", TENANT):
         assert outcome(role_urls[role], publish(
