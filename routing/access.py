@@ -6,22 +6,36 @@ RabbitMQ grants three regular expressions per user and vhost: ``configure``
 below are derived from the topology's names, so a new lane gets its worker
 user with the next ``python -m routing definitions``.
 
+RabbitMQ matches each regex against a bare resource name, whatever its kind:
+``configure`` on ``tasks`` lets a user declare (or delete) a *queue* named
+``tasks`` as well as the exchange. So the grants keep one rule: **no role may
+configure a name it may read, except its own private (exclusive) queues**, and
+none may configure an exchange or a lane queue at all. Every exchange and lane
+queue is declared by the operator (``python -m routing apply``,
+definitions.json); Switchyard's processes declare none of them
+(``routing.celery_config.task_queues``, ``switchyard.control``,
+``switchyard.events``).
+
 What each role really does on the broker, and so needs:
 
 * publishers (``web``, ``dispatcher``, ``beat``) publish task messages to
-  ``tasks``. Celery re-declares the route's lane queue and its binding on the
-  first publish of each connection (idempotent, same arguments), which needs
-  ``configure`` on the lane queues and ``read`` on ``tasks``; they can read
-  (consume, purge) no queue at all. ``task-sent`` events go to ``celeryev``.
-* the worker of lane L consumes only queue L. It also publishes follow-up
-  jobs (``link``) to ``tasks``, dead-letters undecodable messages to
-  ``tasks.dlx``, sends events, and answers control commands (``drain``, the
-  health check's ping) through its own ``L@<host>.celery.pidbox`` queue.
-* ``flower`` reads events through its own ``celeryev.<id>`` queue, sends
-  control commands and reads queue lengths from the management API.
+  ``tasks`` and ``task-sent`` events to ``celeryev``: write on those two
+  exchanges, nothing to configure, nothing to read.
+* the worker of lane L consumes only queue L (read). It also publishes
+  follow-up jobs (``link``) to ``tasks``, dead-letters undecodable messages to
+  ``tasks.dlx``, sends events to ``celeryev``, and answers control commands:
+  its own exclusive ``L@<host>.switchyard.pidbox`` queue (configure, write to
+  bind it, read), bound to ``switchyard.pidbox`` (read), and its replies go to
+  ``reply.switchyard.pidbox`` (write). It may not broadcast: no write on
+  ``switchyard.pidbox`` (nor on Celery's default ``celery.pidbox``).
+* ``flower`` reads events through its own ``celeryev.<id>`` queue, broadcasts
+  control commands (write on ``switchyard.pidbox``) and reads their replies
+  through its own ``<id>.reply.switchyard.pidbox`` queue; queue lengths come
+  from the management API.
 * ``operator`` runs ``python -m routing``, ``manage.py dlq`` and ``manage.py
-  drain``: everything on the vhost, plus the management API. No node-wide
-  administration: that stays with ``rabbitmqctl`` on the broker's hosts.
+  drain``: everything on the vhost (it declares the topology), plus the
+  management API. No node-wide administration: that stays with ``rabbitmqctl``
+  on the broker's hosts. It is the one role the rule above does not hold for.
 * ``keda`` reads queue depths from the management API and can touch no
   message (empty grants).
 * a **tenant's** user (``tenant-<name>``, or ``tenant-<name>.<service>`` for one
@@ -31,9 +45,6 @@ What each role really does on the broker, and so needs:
   only its own tier's routing keys. Its messages carry the AMQP ``user_id``
   property, which RabbitMQ refuses to let a connection forge, so the worker
   knows which tenant sent them (``jobs.senders``).
-
-Celery's own names (``celeryev``, ``celery.pidbox``, ``reply.celery.pidbox``)
-are fixed by Celery and kombu, not by Switchyard.
 """
 from __future__ import annotations
 
@@ -46,11 +57,10 @@ from dataclasses import dataclass
 
 from . import topology
 
-#: Celery's event exchange (task-sent, task-started, worker heartbeats).
-EVENT_EXCHANGE = "celeryev"
-#: Celery's control (broadcast) and reply exchanges, from kombu's pidbox.
-CONTROL_EXCHANGE = "celery.pidbox"
-REPLY_EXCHANGE = "reply.celery.pidbox"
+#: Celery's exchanges, as the topology declares them.
+EVENT_EXCHANGE = topology.EVENT_EXCHANGE_NAME
+CONTROL_EXCHANGE = topology.CONTROL_EXCHANGE_NAME
+REPLY_EXCHANGE = topology.REPLY_EXCHANGE_NAME
 #: The algorithm RabbitMQ 3.6+ and 4.x use by default for stored passwords.
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 #: Values of ``.env.example`` that must never reach a broker.
@@ -68,16 +78,20 @@ def _either(*patterns: str) -> str:
     return "^(" + "|".join(patterns) + ")$"
 
 
-#: ``<oid>.reply.celery.pidbox``: the queue a control command's replies come back on.
-REPLY_QUEUES = r"[^.]+\.reply\.celery\.pidbox"
+_NS = re.escape(topology.CONTROL_NAMESPACE)
+#: ``<oid>.reply.switchyard.pidbox``: the queue a control command's replies come back on.
+REPLY_QUEUES = r"[^.@]+\.reply\." + _NS + r"\.pidbox"
 #: ``celeryev.<uuid>``: an event receiver's queue (Flower).
-EVENT_QUEUES = r"celeryev\.[^.]+"
+EVENT_QUEUES = re.escape(EVENT_EXCHANGE) + r"\.[^.@]+"
 
 
 def _pidbox_queues(lane: str) -> str:
-    """``<lane>@<host>.celery.pidbox``: the control queue of a worker of ``lane``
+    """``<lane>@<host>.switchyard.pidbox``: the control queue of a worker of ``lane``
     (workers are named ``<lane>@%h`` by ``deploy/bin/worker``)."""
-    return re.escape(lane) + r"@.+\.celery\.pidbox"
+    return re.escape(lane) + r"@.+\." + _NS + r"\.pidbox"
+
+
+NOTHING = "^$"
 
 
 @dataclass(frozen=True)
@@ -101,34 +115,25 @@ class Grant:
         return "SWITCHYARD_RABBITMQ_PASSWORD_" + self.role.upper().replace("-", "_")
 
 
-def _lane_queues() -> list[str]:
-    return [lane.queue for lane in topology.LANES]
-
-
 def publisher_grant(role: str, description: str) -> Grant:
-    lanes = _lane_queues()
     return Grant(
         role=role,
         description=description,
-        configure=_exactly(topology.EXCHANGE_NAME, *lanes, EVENT_EXCHANGE),
-        write=_exactly(topology.EXCHANGE_NAME, *lanes, EVENT_EXCHANGE),
-        read=_exactly(topology.EXCHANGE_NAME),
+        configure=NOTHING,
+        write=_exactly(topology.EXCHANGE_NAME, EVENT_EXCHANGE),
+        read=NOTHING,
     )
 
 
 def worker_grant(lane: topology.Lane) -> Grant:
-    lanes = _lane_queues()
-    celery = [re.escape(n) for n in (EVENT_EXCHANGE, CONTROL_EXCHANGE, REPLY_EXCHANGE)]
-    own = [_pidbox_queues(lane.name), REPLY_QUEUES]
+    own = _pidbox_queues(lane.name)
     return Grant(
         role=f"worker-{lane.name}",
         description=f"the {lane.name} lane's workers: consume queue {lane.queue!r} only",
-        configure=_either(re.escape(topology.EXCHANGE_NAME), *map(re.escape, lanes),
-                          *celery, *own),
-        write=_either(re.escape(topology.EXCHANGE_NAME), re.escape(topology.DLX_NAME),
-                      *map(re.escape, lanes), *celery, *own),
-        read=_either(re.escape(lane.queue), re.escape(topology.EXCHANGE_NAME),
-                     re.escape(CONTROL_EXCHANGE), re.escape(REPLY_EXCHANGE), *own),
+        configure=_either(own),
+        write=_either(*map(re.escape, (topology.EXCHANGE_NAME, topology.DLX_NAME,
+                                       EVENT_EXCHANGE, REPLY_EXCHANGE)), own),
+        read=_either(re.escape(lane.queue), re.escape(CONTROL_EXCHANGE), own),
     )
 
 
@@ -140,12 +145,11 @@ def grants() -> list[Grant]:
         publisher_grant("beat", "celery beat: publishes the periodic jobs to 'tasks'"),
     ]
     found += [worker_grant(lane) for lane in topology.LANES]
-    celery = [re.escape(n) for n in (EVENT_EXCHANGE, CONTROL_EXCHANGE, REPLY_EXCHANGE)]
     found += [
         Grant(
             role="flower",
             description="Flower: reads events, sends control commands, reads queue lengths",
-            configure=_either(*celery, EVENT_QUEUES, REPLY_QUEUES),
+            configure=_either(EVENT_QUEUES, REPLY_QUEUES),
             write=_either(re.escape(CONTROL_EXCHANGE), EVENT_QUEUES, REPLY_QUEUES),
             read=_either(re.escape(EVENT_EXCHANGE), re.escape(REPLY_EXCHANGE), EVENT_QUEUES,
                          REPLY_QUEUES),
@@ -199,9 +203,9 @@ class TenantGrant:
 
     user: str
     tier: str
-    configure: str = "^$"
+    configure: str = NOTHING
     write: str = _exactly(topology.EXCHANGE_NAME)
-    read: str = "^$"
+    read: str = NOTHING
     topic_exchange: str = topology.EXCHANGE_NAME
 
     @property
@@ -211,7 +215,7 @@ class TenantGrant:
         return rf"^({lanes})\.{re.escape(self.tier)}\..+$"
 
     #: It binds nothing to ``tasks``: no routing key may be read.
-    topic_read: str = "^$"
+    topic_read: str = NOTHING
 
 
 def grant(role: str) -> Grant:

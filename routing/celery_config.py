@@ -36,8 +36,22 @@ def broker_user(amqp_url: str) -> str:
 
 
 def task_queues() -> list[Queue]:
-    """Celery's ``task_queues``: the lane queues only (workers never consume ``.dead``)."""
-    return [topology.lane_queue_spec(lane.name).to_kombu() for lane in topology.LANES]
+    """Celery's ``task_queues``: the lane queues only (workers never consume ``.dead``).
+
+    Marked ``no_declare``: Celery would declare a route's queue, its exchange and the
+    binding before each connection's first publish, and a worker its queues before
+    consuming. That needs ``configure`` on the lane queues and ``tasks`` (which also
+    allows deleting them) and ``read`` on ``tasks`` (binding), enough for a publisher to
+    declare a queue named ``tasks``, bind it with ``#`` and read every tenant's messages.
+    The operator declares the topology (``python -m routing apply``, definitions.json);
+    publishers only publish, workers only consume (``routing.access``).
+    """
+    queues = []
+    for lane in topology.LANES:
+        queue = topology.lane_queue_spec(lane.name).to_kombu()
+        queue.no_declare = True
+        queues.append(queue)
+    return queues
 
 
 def route_for(task_name: str, lane_name: str, tier_name: str) -> dict[str, Any]:

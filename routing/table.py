@@ -41,6 +41,9 @@ def exchange_rows() -> tuple[Row, list[Row]]:
     purpose = {
         topology.EXCHANGE_NAME: "every task message",
         topology.DLX_NAME: "messages rejected or expired in a lane queue",
+        topology.EVENT_EXCHANGE_NAME: "Celery's events (task-sent, task-started, heartbeats)",
+        topology.CONTROL_EXCHANGE_NAME: "remote-control broadcasts (Flower, operators)",
+        topology.REPLY_EXCHANGE_NAME: "workers' replies to remote-control commands",
     }
     rows = [
         (e.name, e.type, "yes" if e.durable else "no", purpose.get(e.name, ""))

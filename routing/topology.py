@@ -14,7 +14,13 @@ Wire contract (internal services depend on it):
   ``tasks`` with ``<lane>.#``, with ``x-max-priority`` and dead-lettering to
   ``tasks.dlx`` (topic, durable), where ``<lane>.dead`` is bound with ``<lane>.#``;
 * a task message's routing key is ``<lane>.<tier>.<task name>``, e.g.
-  ``slow.premium.media.thumbnail``.
+  ``slow.premium.media.thumbnail``;
+* Celery's own exchanges are declared here too, durable, by the operator
+  (``python -m routing apply``, definitions.json): ``celeryev`` (events),
+  ``switchyard.pidbox`` (control broadcasts) and ``reply.switchyard.pidbox``
+  (control replies). No Switchyard process declares an exchange or a lane queue
+  itself, so no role needs ``configure`` on a name it may read
+  (``routing.access``).
 
 Every declaration is valid on RabbitMQ 3.10 and 4.x: classic queues with
 ``x-queue-type`` stated (a 4.x node may default new queues to quorum), no
@@ -38,6 +44,25 @@ DEFAULT_CONSUMER_TIMEOUT_MS = 30 * 60 * 1000
 
 TASK_EXCHANGE = Exchange(EXCHANGE_NAME, type="topic", durable=True)
 DEAD_LETTER_EXCHANGE = Exchange(DLX_NAME, type="topic", durable=True)
+
+#: Celery's event exchange (task-sent, task-started, heartbeats), as Celery declares it
+#: (topic, durable): Celery's setting ``event_exchange``.
+EVENT_EXCHANGE_NAME = "celeryev"
+#: The namespace of Celery's remote control (Celery's setting ``control_exchange``):
+#: broadcasts go to ``<namespace>.pidbox`` (fanout), replies to
+#: ``reply.<namespace>.pidbox`` (direct), and a worker's own queue is
+#: ``<worker name>.<namespace>.pidbox``. Not Celery's default ``celery``: kombu declares
+#: those two exchanges transient, so they would vanish with a broker restart, and a
+#: worker that may not create them could not start; these are durable, and declared
+#: by the operator only (``switchyard.control``).
+CONTROL_NAMESPACE = "switchyard"
+CONTROL_EXCHANGE_NAME = f"{CONTROL_NAMESPACE}.pidbox"
+REPLY_EXCHANGE_NAME = f"reply.{CONTROL_NAMESPACE}.pidbox"
+EVENT_EXCHANGE = Exchange(EVENT_EXCHANGE_NAME, type="topic", durable=True)
+CONTROL_EXCHANGE = Exchange(CONTROL_EXCHANGE_NAME, type="fanout", durable=True,
+                            delivery_mode="transient")
+REPLY_EXCHANGE = Exchange(REPLY_EXCHANGE_NAME, type="direct", durable=True,
+                          delivery_mode="transient")
 
 
 @dataclass(frozen=True)
@@ -221,7 +246,8 @@ def queue_specs() -> list[QueueSpec]:
     return specs
 
 
-EXCHANGES: tuple[Exchange, ...] = (TASK_EXCHANGE, DEAD_LETTER_EXCHANGE)
+EXCHANGES: tuple[Exchange, ...] = (TASK_EXCHANGE, DEAD_LETTER_EXCHANGE, EVENT_EXCHANGE,
+                                   CONTROL_EXCHANGE, REPLY_EXCHANGE)
 
 
 def topic_matches(pattern: str, key: str) -> bool:

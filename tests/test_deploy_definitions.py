@@ -138,11 +138,11 @@ def test_definitions_import_and_each_user_can_only_do_its_job(topology_applied, 
     from kombu import Connection, Producer
 
     with imported_users(management, broker_vhost) as urls:
-        # The web's publish, as Celery does it: declare the route's queue, publish to tasks.
-        slow = topology.lane_queue_spec("slow").to_kombu()
+        # The web's publish, as the platform's Celery app does it: declare nothing
+        # (the operator declared the topology), publish to tasks.
         with Connection(urls["web"], connect_timeout=5) as conn:
             Producer(conn).publish({"x": 1}, exchange=topology.EXCHANGE_NAME,
-                                   routing_key="slow.standard.demo.slow_task", declare=[slow])
+                                   routing_key="slow.standard.demo.slow_task", declare=[])
         # ... but it can neither consume nor purge a lane, nor publish to the DLX.
         for publisher in ("web", "dispatcher", "beat"):
             assert not refused(urls[publisher], publish_to(topology.EXCHANGE_NAME)), publisher

@@ -161,11 +161,12 @@ def test_drifted_priority_queue_is_found_by_verify_and_recreated_without_loss(
                                   pika.BasicProperties(priority=n % 10, delivery_mode=2))
         connection.close()
 
-        # Then a worker of the lane refuses to start (the runbook's symptom)
-        worker = Role("worker-slow-drifted", ["worker", "slow"], env, tmp_path)
-        wait_until(lambda: worker.proc.poll() is not None, 60, "the worker to exit")
-        worker.stop()
-        assert "inequivalent arg 'x-max-priority'" in worker.log_path.read_text()
+        # Then applying the topology (make run, a deploy) refuses it (the runbook's symptom);
+        # workers and publishers declare nothing, so they cannot notice (docs/security.md)
+        refused = subprocess.run([sys.executable, "-m", "routing", "apply", "--url", url],
+                                 cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0
+        assert "inequivalent arg 'x-max-priority'" in refused.stdout
 
         # Confirm: verify names the difference and its fix
         verify = runbooks.run(runbooks.find(book, r"routing verify$", "Confirm"), env)

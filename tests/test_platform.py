@@ -18,6 +18,7 @@ from django.conf import settings
 from jobs.models import Job
 from jobs.options import SubmitOptions
 from jobs.submission import job_submit
+from routing import topology
 from tenants.models import Tenant
 from tests.processes import wait_until
 
@@ -84,7 +85,7 @@ def test_all_roles_run_and_declare_only_what_rabbitmq_4_accepts(start_role, mana
     def all_declared():
         names = {q["name"] for q in management.queues(vhost)}
         has_events = any(n.startswith("celeryev.") for n in names)
-        has_pidbox = any(n.endswith(".celery.pidbox") for n in names)
+        has_pidbox = any(n.endswith(f".{topology.CONTROL_EXCHANGE_NAME}") for n in names)
         return names if has_events and has_pidbox else None
 
     wait_until(all_declared, 30, "event and control queues to be declared", roles=roles)

@@ -11,7 +11,8 @@ configuration file, authentication and pages) and adds:
   tab on every page's navigation bar leads there;
 * ``/api/switchyard/queues``: the same as JSON (``monitoring.snapshot``);
 * Flower's own ``/metrics`` behind its login: stock Flower serves it to anyone,
-  and it names every worker and task.
+  and it names every worker and task;
+* an event receiver that does not declare ``celeryev`` (``switchyard.events``).
 
 All sit behind Flower's own login. The code leans on Flower's internals
 (``flower.command``'s steps, the navigation bar's markup), so it refuses to run
@@ -61,8 +62,11 @@ def _snapshot(window: int) -> dict:
 
 
 def build_app_class():
-    """Flower's application class with the Queues page and API added."""
+    """Flower's application class with the Queues page and API added, its event
+    receiver Switchyard's."""
     import flower
+    import flower.events as flower_events
+    from celery.events import EventReceiver
     from flower.app import Flower, rewrite_handler
     from flower.views import BaseHandler
     from flower.views.monitor import Metrics
@@ -70,9 +74,17 @@ def build_app_class():
     from tornado.ioloop import IOLoop
     from tornado.web import url
 
+    from switchyard.events import PlatformEventReceiver
+
     if flower.__version__ != FLOWER_VERSION:
         raise SystemExit(f"monitoring.flower is tested with Flower {FLOWER_VERSION}, found "
                          f"{flower.__version__}; pin flower=={FLOWER_VERSION} or re-test it")
+    # Flower makes its event receiver from Celery's class, not from app.events: make it
+    # bind its queue to celeryev without declaring the exchange, which its broker user
+    # may read but not configure (switchyard/events.py, routing/access.py).
+    if flower_events.EventReceiver is not EventReceiver:
+        raise RuntimeError("flower.events no longer uses Celery's EventReceiver")
+    flower_events.EventReceiver = PlatformEventReceiver
 
     class QueuesView(BaseHandler):
         @web.authenticated

@@ -5,6 +5,9 @@ fed by ``routing``; this module wires the parts settings cannot express:
 * the publish contract on its own task messages (``switchyard/amqp.py``: tenant and
   tier headers, priority clamped to the band, no TTL, the broker user as ``user_id``);
 * the worker consumer (per-consumer QoS, undecodable messages dead-lettered);
+* remote control and events on the topology's exchanges, never declared by the app
+  (``switchyard/control.py``, ``switchyard/events.py``: the broker grants of
+  ``routing.access`` give no role ``configure`` on a name it reads);
 * start-up checks (every task declares a lane; lane time limits below the
   broker's ``consumer_timeout``).
 """
@@ -28,7 +31,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "switchyard.settings.base")
 # Celery imports it by name when the first task is created (after Django's apps
 # are loaded), so this wiring module never imports the domain.
 app = Celery("switchyard", task_cls="jobs.task:SwitchyardTask",
-             amqp="switchyard.amqp:PlatformAMQP")
+             amqp="switchyard.amqp:PlatformAMQP", control="switchyard.control:PlatformControl",
+             events="switchyard.events:PlatformEvents")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.worker_consumer = "switchyard.worker:Consumer"
 

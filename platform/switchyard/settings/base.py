@@ -394,6 +394,10 @@ CELERY_EVENT_QUEUE_TTL = 5.0
 CELERY_EVENT_QUEUE_EXPIRES = 60.0
 CELERY_CONTROL_QUEUE_EXCLUSIVE = True
 CELERY_CONTROL_QUEUE_DURABLE = False
+# Celery's event and control exchanges are the topology's, declared by the operator and
+# never by a Switchyard process (switchyard/control.py, switchyard/events.py).
+CELERY_EVENT_EXCHANGE = _topology.EVENT_EXCHANGE_NAME
+CELERY_CONTROL_EXCHANGE = _topology.CONTROL_NAMESPACE
 # Per-consumer QoS (never global): switchyard/celery.py installs a consumer that
 # always sends basic.qos with global=false. RabbitMQ 4.3 refuses global QoS.
 
