@@ -20,7 +20,9 @@ What each role really does on the broker, and so needs:
 
 * publishers (``web``, ``dispatcher``, ``beat``) publish task messages to
   ``tasks`` and ``task-sent`` events to ``celeryev``: write on those two
-  exchanges, nothing to configure, nothing to read.
+  exchanges, nothing to configure, nothing to read. The dispatcher also has
+  the ``management`` tag: its census of each lane (``jobs.reconcile``) reads the
+  lane queues' message counts from the management API.
 * the worker of lane L consumes only queue L (read). It also publishes
   follow-up jobs (``link``) to ``tasks``, dead-letters undecodable messages to
   ``tasks.dlx``, sends events to ``celeryev``, and answers control commands:
@@ -115,13 +117,14 @@ class Grant:
         return "SWITCHYARD_RABBITMQ_PASSWORD_" + self.role.upper().replace("-", "_")
 
 
-def publisher_grant(role: str, description: str) -> Grant:
+def publisher_grant(role: str, description: str, tags: tuple[str, ...] = ()) -> Grant:
     return Grant(
         role=role,
         description=description,
         configure=NOTHING,
         write=_exactly(topology.EXCHANGE_NAME, EVENT_EXCHANGE),
         read=NOTHING,
+        tags=tags,
     )
 
 
@@ -141,7 +144,10 @@ def grants() -> list[Grant]:
     """Every role's grant, in a stable order (publishers, workers per lane, the rest)."""
     found = [
         publisher_grant("web", "the web and API: publishes task messages to 'tasks'"),
-        publisher_grant("dispatcher", "the dispatcher: publishes due and lost jobs to 'tasks'"),
+        # The management tag: its census of each lane queue (jobs.reconcile) reads the
+        # queues' message counts from the management API; it can touch no message there.
+        publisher_grant("dispatcher", "the dispatcher: publishes due and lost jobs to 'tasks'; "
+                        "reads lane queue depths (management API)", tags=("management",)),
         publisher_grant("beat", "celery beat: publishes the periodic jobs to 'tasks'"),
     ]
     found += [worker_grant(lane) for lane in topology.LANES]

@@ -101,6 +101,11 @@ def test_a_publish_no_queue_is_bound_for_leaves_the_job_unpublished(
         # Then the broker's return is noticed: the job is not recorded as published
         assert (job.status, job.published_at) == (Job.Status.QUEUED, None)
         assert [e["event"] for e in events if e["event"] == "returned"] == ["returned"]
+        # And the dispatcher cannot publish it either while nothing is bound (publishers
+        # declare nothing: the operator's topology is the only one)
+        assert job_publish_due(now=platform_now() + PUBLISH_GRACE) == 0
+        job.refresh_from_db()
+        assert job.published_at is None
     finally:
         _bind(lanes_empty, "quick")
     # And once the binding is back, the dispatcher publishes it to its queue
