@@ -22,7 +22,13 @@ from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.response import Response
 
 from jobs.catalogue import InvalidParams
-from jobs.errors import IdempotencyConflict, InvalidSubmission, NotCancellable, QuotaExceeded
+from jobs.errors import (
+    IdempotencyConflict,
+    InvalidSubmission,
+    NotCancellable,
+    QuotaExceeded,
+    StorageQuotaExceeded,
+)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -144,6 +150,13 @@ class QuotaAnswer(APIException):
         self.wait = exc.retry_after
 
 
+class StorageQuotaAnswer(APIException):
+    """``413``: what the request would store is more than the tenant's storage quota
+    has left; unlike a rate quota, waiting does not help (so no ``Retry-After``)."""
+
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+
+
 class ConflictAnswer(APIException):
     """``409``: not possible in the record's current state, or a reused key."""
 
@@ -154,7 +167,8 @@ class ConflictAnswer(APIException):
 def refusals() -> Iterator[None]:
     """Turn the platform's refusals raised inside into the API's answers:
     ``InvalidSubmission`` and ``InvalidParams`` → 400 naming the field,
-    ``QuotaExceeded`` → 429, ``IdempotencyConflict`` and ``NotCancellable`` → 409."""
+    ``QuotaExceeded`` → 429, ``StorageQuotaExceeded`` → 413, ``IdempotencyConflict``
+    and ``NotCancellable`` → 409."""
     try:
         yield
     except InvalidSubmission as exc:
@@ -163,6 +177,8 @@ def refusals() -> Iterator[None]:
         raise ValidationError({exc.field: [exc.message]}) from exc
     except QuotaExceeded as exc:
         raise QuotaAnswer(exc) from exc
+    except StorageQuotaExceeded as exc:
+        raise StorageQuotaAnswer(f"storage quota exceeded: {exc}") from exc
     except (IdempotencyConflict, NotCancellable) as exc:
         raise ConflictAnswer(str(exc)) from exc
 

@@ -30,6 +30,11 @@ class QuotaExceeded(Exception):
         self.retry_after = retry_after
 
 
+class StorageQuotaExceeded(Exception):
+    """The files a submission would add do not fit in the tenant's storage quota;
+    waiting does not help (delete files, empty the trash, or ask for more)."""
+
+
 class IdempotencyConflict(Exception):
     """An ``Idempotency-Key`` reused with a different request."""
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import uuid
 
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Sum
 
+from media import storage
 from media.images import CONTENT_TYPES, decode_cost
 from media.models import File
 from tenants.models import Tenant
@@ -20,6 +21,14 @@ def file_get(*, tenant: Tenant, file_id) -> File | None:
     except ValueError:
         return None
     return File.objects.select_related("tenant").filter(tenant=tenant, id=file_id).first()
+
+
+def storage_used(*, tenant: Tenant) -> int:
+    """Bytes the tenant keeps: its files' originals (active and trashed) and the uploads
+    staged for jobs that have not run yet (thumbnails are not counted)."""
+    files = File.objects.filter(tenant=tenant, state__in=(File.State.ACTIVE, File.State.TRASHED)
+                                ).aggregate(n=Sum("size"))["n"] or 0
+    return files + sum(size for _, size, _ in storage.staged_uploads(tenant.name))
 
 
 def file_list(*, tenant: Tenant, folder: str | None = None, recursive: bool = False,

@@ -57,6 +57,26 @@ def staging_key(tenant_name: str, token: str) -> str:
     return f"{tenant_name}/staging/{token}"
 
 
+def staged_uploads(tenant_name: str) -> list[tuple[str, int, float]]:
+    """``(token, bytes, modified epoch seconds)`` of each upload staged for the tenant."""
+    storage = media_storage()
+    folder = f"{tenant_name}/staging"
+    try:
+        _, names = storage.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = []
+    for token in names:
+        if not is_staging_token(token):
+            continue
+        key = staging_key(tenant_name, token)
+        try:
+            found.append((token, storage.size(key), storage.get_modified_time(key).timestamp()))
+        except OSError:  # deleted meanwhile (its upload ran)
+            continue
+    return found
+
+
 def local_path(key: str) -> Path | None:
     """The file system path of ``key`` on local storage (None on S3), symbolic links
     resolved; ``StorageEscape`` if that leaves the storage root."""

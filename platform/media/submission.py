@@ -16,16 +16,19 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.db.models import Sum
 
 from jobs.batches import batch_submit, max_items
-from jobs.errors import InvalidSubmission
+from jobs.errors import InvalidSubmission, StorageQuotaExceeded
 from jobs.models import Batch, Job
 from jobs.options import SubmitOptions
+from jobs.quotas import check_quotas
 from jobs.submission import job_submit
 from media import storage
 from media.models import File
 from media.paths import clean_folder, clean_name
-from media.selectors import file_list
+from media.selectors import file_list, storage_used
+from switchyard.clock import platform_now
 from tenants.models import Tenant
 
 #: Operations on a set of files: the task each runs and the states a folder gives.
@@ -44,6 +47,16 @@ TAKES = {
     "format": {"thumbnail"},
 }
 _NEEDS_FOLDER = TAKES["to_folder"]
+
+
+def check_storage(*, tenant: Tenant, adding: int, what: str) -> None:
+    """``StorageQuotaExceeded`` unless ``adding`` more bytes fit the tenant's storage quota."""
+    used = storage_used(tenant=tenant)
+    if used + adding > tenant.max_storage_bytes:
+        raise StorageQuotaExceeded(
+            f"{what} add {adding} bytes to the {used} kept (files, trash and uploads waiting "
+            f"for their job); the quota is {tenant.max_storage_bytes} bytes. Delete files or "
+            "empty the trash")
 
 
 def upload_stage(*, tenant: Tenant, uploaded: UploadedFile) -> str:
@@ -87,6 +100,10 @@ def upload_submit(*, tenant: Tenant, files: Sequence[UploadedFile], folder: str,
             raise InvalidSubmission(field, f"{name}: {uploaded.size} bytes is over the limit "
                                            f"of {limit} bytes")
         named.append((uploaded, name))
+    # Both quotas before a byte is staged: a refused upload leaves nothing behind.
+    check_quotas(tenant, platform_now(), adding=len(named), submissions=len(named))
+    check_storage(tenant=tenant, adding=sum(uploaded.size for uploaded, _ in named),
+                  what=f"these {len(named)} file(s)")
     staged: list[str] = []
     try:
         for uploaded, _ in named:
@@ -139,5 +156,11 @@ def operation_submit(*, tenant: Tenant, operation: str, files: Sequence[uuid.UUI
                                               f"{folder or 'the top folder'!r}")
     if len(ids) > max_items():
         raise InvalidSubmission("files", f"at most {max_items()} files in one operation")
+    if operation == "copy":  # each copy is a new file's bytes
+        adding = 0
+        for start in range(0, len(ids), 5000):  # bounded query parameters
+            adding += file_list(tenant=tenant, states=states).filter(
+                id__in=ids[start:start + 5000]).aggregate(n=Sum("size"))["n"] or 0
+        check_storage(tenant=tenant, adding=adding, what=f"copies of {len(ids)} file(s)")
     return batch_submit(tenant=tenant, task=task, items=[{"file": i, **extra} for i in ids],
                         chunk_size=chunk_size, options=options, idempotency_key=idempotency_key)

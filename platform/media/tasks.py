@@ -53,6 +53,7 @@ from media.services import (
     file_trash,
     file_upload_staged,
 )
+from media.staging import staging_sweep
 from routing import topology
 from switchyard.celery import app
 from tenants.models import Tenant
@@ -338,6 +339,13 @@ def delete(item: dict) -> dict:
     """Delete a file for good: its original and thumbnails leave the storage."""
     tenant, _ = _op(item)
     return _summary(file_delete(file=_file(item, tenant)))
+
+
+@app.task(name="media.sweep_staging", lane="slow", public=False)
+def sweep_staging() -> dict:
+    """Delete staged uploads no job will read (beat; ``media.staging``)."""
+    age = dt.timedelta(seconds=settings.SWITCHYARD_MEDIA_STAGING_GRACE)
+    return {"removed": staging_sweep(older_than=age)}
 
 
 @app.task(name="media.purge_trashed", lane="slow", public=False)

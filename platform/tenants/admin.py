@@ -29,10 +29,10 @@ class BrokerUserInline(admin.TabularInline):
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
     list_display = ("name", "tier", "weight", "max_queued_jobs", "submissions_per_minute",
-                    "is_active", "created_at")
+                    "max_storage_bytes", "is_active", "created_at")
     # Changed at run time, no restart: the web reads the tenant per request, the
     # dispatcher reads weights on every pass (fair-share windows, jobs.fairness).
-    list_editable = ("weight", "max_queued_jobs", "submissions_per_minute")
+    list_editable = ("weight", "max_queued_jobs", "submissions_per_minute", "max_storage_bytes")
     list_filter = ("tier", "is_active")
     search_fields = ("name",)
     inlines = [ApiTokenInline, BrokerUserInline]

@@ -34,6 +34,11 @@ class Tenant(models.Model):
     submissions_per_minute = models.PositiveIntegerField(
         default=6_000, help_text="Most job submissions in any 60 seconds; more is 429."
     )
+    max_storage_bytes = models.PositiveBigIntegerField(
+        default=50 * 1024**3,
+        help_text="Most bytes of media kept at once: files (active and trashed) and uploads "
+                  "waiting for their job; an upload or copy that would go past it is 413.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

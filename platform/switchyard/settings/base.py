@@ -413,12 +413,20 @@ SWITCHYARD_BROKER_CONSUMER_TIMEOUT_MS = env_int(
 )
 
 # Periodic work run by beat.
+# A staged upload no unfinished job names is deleted once older than this (seconds): long
+# enough for the web to commit the job it staged it for.
+SWITCHYARD_MEDIA_STAGING_GRACE = env_int("SWITCHYARD_MEDIA_STAGING_GRACE", 600)
 CELERY_BEAT_SCHEDULE = {
     "jobs-prune-finished": {
         "task": "jobs.prune_finished",
         "schedule": 3600.0,
     },
     # Permanently delete files trashed more than SWITCHYARD_MEDIA_TRASH_RETENTION_DAYS ago.
+    # Delete staged uploads whose job will never read them (cancelled, expired, dead).
+    "media-sweep-staging": {
+        "task": "media.sweep_staging",
+        "schedule": 3600.0,
+    },
     "media-purge-trashed": {
         "task": "media.purge_trashed",
         "schedule": SWITCHYARD_MEDIA_PURGE_EVERY,
