@@ -72,10 +72,13 @@ def test_an_operator_changes_weight_and_quotas_in_the_tenant_list(client):
             ((acme, 4, 500, 60), (globex, 1, 100_000, 6_000))):
         rows.update({f"form-{i}-id": str(tenant.id), f"form-{i}-weight": str(weight),
                      f"form-{i}-max_queued_jobs": str(queued),
-                     f"form-{i}-submissions_per_minute": str(rate)})
+                     f"form-{i}-submissions_per_minute": str(rate),
+                     f"form-{i}-max_storage_bytes": str(tenant.max_storage_bytes // (i + 1))})
     resp = client.post("/admin/tenants/tenant/", rows)
 
     # Then the record changes at once (the dispatcher reads weights on each pass)
     assert resp.status_code == 302, resp.content.decode()[-2000:]
     acme.refresh_from_db()
     assert (acme.weight, acme.max_queued_jobs, acme.submissions_per_minute) == (4, 500, 60)
+    globex.refresh_from_db()
+    assert globex.max_storage_bytes == 50 * 1024**3 // 2
