@@ -370,6 +370,24 @@ def test_a_tenant_after_a_flood_starts_before_the_flood_drains(start_role, manag
 
 @pytest.mark.rabbitmq
 @pytest.mark.workers
+def test_a_started_job_hands_its_window_place_to_the_next_held_job_at_once(start_role,
+                                                                        management):
+    # Given a tenant's 8 slow jobs: its window (2) in the broker, 6 held, and no dispatcher
+    tenant = _tenant("refill")
+    outcome = job_submit_bulk(tenant=tenant,
+                              jobs=[BulkJob("demo.slow_task", {"seconds": 0.05})] * 8)
+    assert (outcome.published, outcome.held) == (2, 6)
+    # When a slow worker runs them
+    worker = start_lane(start_role, management, "slow", 1)
+    # Then each start releases the next held job: all 8 run without a dispatcher pass
+    wait_until(lambda: Job.objects.filter(tenant=tenant, status="succeeded").count() == 8, 60,
+               "the held jobs to run", roles=[worker])
+    # And each was published once: no second copy for the dispatcher to publish
+    assert Job.objects.filter(tenant=tenant, publications__gt=1).count() == 0
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.workers
 def test_standard_work_moves_under_a_premium_flood(start_role, management):
     # Given a premium flood of 150 slow jobs (0.2 s) on one slow process
     premium, standard = _tenant("flood-p"), _tenant("steady-s", tier="standard")

@@ -193,6 +193,28 @@ def _publish(ready: list[Job], lane: str, tier: str,
     return len(sent), returned
 
 
+def job_refill_window(*, job_id, lane: str) -> int:
+    """Publish the next held job of the tenant whose job ``job_id`` just started in
+    ``lane``, if the lane has windows: the place it freed is filled at once, not at the
+    dispatcher's next pass (so a tenant's held premium work never loses a turn to queued
+    standard work meanwhile). Returns how many were published (0 or 1). Costs the
+    starting worker a read, a locked count and a publish, in windowed lanes only; any
+    failure is left to the dispatcher, which publishes the same job on its pass."""
+    if not fairness.base_window(lane):
+        return 0
+    try:
+        row = (Job.objects.filter(id=job_id).values_list("lane", "tier", "tenant_id",
+                                                         "tenant__weight").first())
+        if row is None or row[2] is None or not fairness.base_window(row[0]):
+            return 0
+        published, _ = _release(row[0], row[1], row[2], 1, platform_now(), row[3] or 1)
+        return published
+    except Exception as exc:  # the dispatcher's pass publishes it instead
+        logger.warning("job %s started; its tenant's next held job is left to the "
+                       "dispatcher (%s)", job_id, exc)
+        return 0
+
+
 def _rotate_ties(plan: list, windowed: set[str]) -> list:
     """``plan`` with its groups that have no window (all of equal standing: the
     plan orders them by key only) rotated by a random offset, after the windowed

@@ -1,9 +1,8 @@
 """The base class of every Switchyard task, and what each delivery does to its job record.
 
-The Celery app (``switchyard.celery``) names this class by string
-(``task_cls="jobs.task:SwitchyardTask"``), so Celery imports it when the first
-task is created, after Django's apps are loaded, and the wiring module never
-imports the job lifecycle. Runs in the worker's processes:
+The Celery app names this class by string (``task_cls="jobs.task:SwitchyardTask"``):
+Celery imports it at the first task, after Django's apps are loaded, and the wiring
+never imports the job lifecycle. Runs in the worker's processes:
 
 * ``SwitchyardTask.__call__`` asks ``job_begin`` whether a delivery may run,
   and hands an exception of the task's code to ``job_raised``;
@@ -12,9 +11,8 @@ imports the job lifecycle. Runs in the worker's processes:
   connected when this module is imported (``JobsConfig.ready`` imports it in
   every process).
 
-Each recorder is one conditional UPDATE by primary key (``jobs.outcomes``), so
-recording costs a round trip per transition, never a read-modify-write race
-between two deliveries.
+Each recorder is one conditional UPDATE by primary key (``jobs.outcomes``): a round
+trip per transition, never a read-modify-write race between two deliveries.
 """
 from __future__ import annotations
 
@@ -32,6 +30,7 @@ from django.db.models.functions import Now
 
 from jobs.admission import Refused, job_admit_native, jsonable, native_params
 from jobs.calls import platform_call
+from jobs.dispatch import job_refill_window
 from jobs.errors import PermanentFailure
 from jobs.models import Job
 from jobs.outcomes import (
@@ -239,8 +238,7 @@ def _begin(task, task_id: str, args, kwargs, sender: Sender) -> dict | None:
     fresh = Q(expires_at__isnull=True) | Q(expires_at__gt=Now())
     allowed = own.filter(fresh, attempts__lt=F("max_attempts") + LOST_DELIVERY_ALLOWANCE)
     if allowed.update(**values):
-        delivery_started(task)
-        _may_have_link(request, sender)
+        _started(task, request, sender)
         return params
     job = Job.objects.select_related("tenant").filter(id=task_id).first()
     if job is not None:
@@ -268,17 +266,19 @@ def _begin(task, task_id: str, args, kwargs, sender: Sender) -> dict | None:
                               sender=sender)
     if params is not None and Job.objects.filter(fresh, id=task_id,
                                                  status__in=Job.WAITING).update(**values):
-        delivery_started(task)
-        _may_have_link(request, sender)
+        _started(task, request, sender)
         return params
     return None
 
 
-def _may_have_link(request, sender: Sender) -> None:
-    """A native message carries no link flag of Switchyard's: the outcome recorder then
-    looks the record's link up (one read, on success only)."""
+def _started(task, request, sender: Sender) -> None:
+    """The delivery started its job: observers are told; a native message carries no link
+    flag of Switchyard's, so the outcome recorder looks the record's link up (one read, on
+    success only); the place it freed in its tenant's window goes to its next held job."""
+    delivery_started(task)
     if not sender.platform:
         setattr(request, LINK_HEADER, 1)
+    job_refill_window(job_id=request.id, lane=delivery_labels(task, request)[0])
 
 
 def _own_native(jobs, sender: Sender, params: dict | None):
