@@ -26,6 +26,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from amqp.exceptions import NotFound
 from celery import signals
 from celery.app.utils import filter_hidden_settings
 from celery.utils.serialization import jsonify, strtobool
@@ -74,10 +75,18 @@ def _per_consumer_qos(c) -> bool:  # noqa: ARG001 - signature of Tasks.qos_globa
 
 
 class Consumer(CeleryConsumer):
-    """Celery's consumer with per-consumer QoS and decode errors dead-lettered."""
+    """Celery's consumer with per-consumer QoS, decode errors dead-lettered, and a
+    missing lane queue waited for."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        # Workers declare no part of the topology (routing.access): a lane queue that
+        # is missing (deleted, not applied yet) answers the consume NOT_FOUND. Treated
+        # like a lost connection, with its backoff, the worker resumes once the queue
+        # is declared again (python -m routing apply) instead of exiting. Other channel
+        # errors stay fatal: a consumer_timeout hit (PRECONDITION_FAILED) still ends the
+        # worker once its running task is over (docs/runbooks/consumer-timeout.md).
+        self.connection_errors = (*self.connection_errors, NotFound)
         # The task-consumer step is Celery's own (other steps depend on that very
         # class), with only its QoS decision replaced on this instance.
         for step in self.blueprint.steps.values():

@@ -332,11 +332,6 @@ CELERY_DB_REUSE_MAX = 1000
 CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 CELERY_BROKER_CONNECTION_TIMEOUT = env_int("CELERY_BROKER_CONNECTION_TIMEOUT", 4)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Workers declare no part of the topology (routing.access): a lane queue that is missing
-# (deleted, not yet applied) is a channel error at consume. Reconnect and try again, with
-# the connection retry's backoff, rather than exit: the worker resumes once the queue is
-# declared again (python -m routing apply) instead of crash-looping meanwhile.
-CELERY_BROKER_CHANNEL_ERROR_RETRY = True
 CELERY_BROKER_HEARTBEAT = 30
 # The web waits at most this long (seconds) for the broker to confirm a job;
 # then it answers 202 anyway and the dispatcher publishes the job (jobs.dispatch).
