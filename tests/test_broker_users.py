@@ -110,6 +110,7 @@ def test_a_tier_change_in_the_admin_moves_its_users_to_the_new_tiers_keys(acme, 
     response = admin_client.post(f"/admin/tenants/tenant/{acme.id}/change/", {
         "name": "acme", "tier": "premium", "is_active": "on", "weight": 1,
         "max_queued_jobs": 100_000, "submissions_per_minute": 6_000,
+        "max_storage_bytes": 50 * 1024**3,
         "tokens-TOTAL_FORMS": 0, "tokens-INITIAL_FORMS": 0,
         "broker_users-TOTAL_FORMS": 1, "broker_users-INITIAL_FORMS": 1,
         "broker_users-0-id": acme.broker_users.get().id, "broker_users-0-tenant": acme.id})
