@@ -332,14 +332,6 @@ def test_s3_submitting_jobs_with_publisher_confirms(start_role, management, plai
 
 # S4 and S5 ----------------------------------------------------------------------
 
-def _drain_rate(conn: Connection, queue: str, total: int, timeout: float, procs) -> float:
-    """Jobs/s from the first message taken to the queue empty (AMQP counts, polled)."""
-    harness.wait_for(lambda: _ready(conn, queue) < total, 120, f"{queue} consumed", procs, 0.02)
-    started = time.perf_counter()
-    harness.wait_for(lambda: _ready(conn, queue) == 0, timeout, f"{queue} drained", procs, 0.05)
-    return total / (time.perf_counter() - started)
-
-
 def test_s4_s5_worker_overhead_and_memory(start_role, management, plain_worker, lanes_empty):
     """No-op jobs drained per second by one worker (2 processes), and peak memory."""
     total = scale(100_000, 3_000)
@@ -358,9 +350,7 @@ def test_s4_s5_worker_overhead_and_memory(start_role, management, plain_worker, 
     outcome = job_submit_bulk(tenant=tenant, jobs=[BulkJob("demo.quick_task", {"x": 1})] * total,
                               enforce_quotas=False)
     assert outcome.published == total, outcome
-    with Connection(lanes_empty) as conn:
-        worker = start_lane(start_role, management, "quick", QUICK_CONCURRENCY)
-        ours_drain = _drain_rate(conn, "quick", total, 900, [worker])
+    worker = start_lane(start_role, management, "quick", QUICK_CONCURRENCY)
     # The figure: from the first job's start to the last job's outcome, as the job records
     # (Switchyard's own witness) say; every job must be finished, and succeeded.
     jobs = Job.objects.filter(task="demo.quick_task", tenant=tenant)
@@ -382,8 +372,6 @@ def test_s4_s5_worker_overhead_and_memory(start_role, management, plain_worker, 
             app.send_task("plain.quick", args=(1,), producer=producer)
     proc, _, timing_file = plain_worker(concurrency=QUICK_CONCURRENCY, acks_late=True,
                                         prefetch=1, queue="plain-s4")
-    with Connection(lanes_empty) as conn:
-        theirs_drain = _drain_rate(conn, "plain-s4", total, 900, [proc])
     # The same figure for plain Celery, from its own witness: each run's start and end,
     # appended by the task (one short write per run, its only bookkeeping).
     harness.wait_for(lambda: len(timings(timing_file)) == total, 300, "every plain run",
@@ -396,8 +384,7 @@ def test_s4_s5_worker_overhead_and_memory(start_role, management, plain_worker, 
            target=">= 0.8x baseline", passed=ours >= 0.8 * theirs,
            note=f"first start to last end, each side by its own witness (Switchyard: the "
                 f"job records, all {total:,} succeeded; Celery: each run's timing line); same "
-                f"ack (late) and prefetch (1). Queue-empty rates: {ours_drain:,.0f} vs "
-                f"{theirs_drain:,.0f}/s")
+                f"ack (late) and prefetch (1)")
     record("S5", f"worker peak RSS after {total:,} jobs", worker_rss, plain_rss, "MB",
            note="process group: main process and 2 pool children")
     record("S5", f"Flower peak RSS after {total:,} jobs", flower_rss, default_rss, "MB",
