@@ -167,20 +167,32 @@ def _chart() -> None:
     plt.close(fig)
 
 
-def peak_rss_mb(role: Role) -> float:
-    """Peak resident memory (VmHWM) of a started role, summed over its process
-    group (a worker's main process and its pool children), in MB."""
+def _group_sum_kb(role: Role, file: str, field: str) -> int:
+    """``field`` (kB) of ``/proc/<pid>/<file>`` summed over the role's process group."""
     total = 0
-    for status in Path("/proc").glob("[0-9]*/status"):
+    for path in Path("/proc").glob(f"[0-9]*/{file}"):
         try:
-            if os.getpgid(int(status.parent.name)) != role.proc.pid:
+            if os.getpgid(int(path.parent.name)) != role.proc.pid:
                 continue
-            for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
+            for line in path.read_text().splitlines():
+                if line.startswith(field):
                     total += int(line.split()[1])
         except (OSError, ValueError):
             continue
-    return total / 1024
+    return total
+
+
+def peak_rss_mb(role: Role) -> float:
+    """Peak resident memory (VmHWM) of a started role, summed over its process
+    group (a worker's main process and its pool children), in MB. Pages the
+    pool children share with the main process are counted once per process."""
+    return _group_sum_kb(role, "status", "VmHWM:") / 1024
+
+
+def pss_mb(role: Role) -> float:
+    """Proportional set size of a started role's process group now, in MB: each
+    shared page counted once over the processes sharing it (``smaps_rollup``)."""
+    return _group_sum_kb(role, "smaps_rollup", "Pss:") / 1024
 
 
 def wait_for(predicate, timeout: float, what: str, procs=(), interval: float = 0.05):

@@ -362,6 +362,7 @@ def test_s4_s5_worker_overhead_and_memory(start_role, management, plain_worker, 
     ours = total / (span["b"] - span["a"]).total_seconds()
     time.sleep(3)  # let both Flowers take in the last events
     worker_rss, flower_rss = harness.peak_rss_mb(worker), harness.peak_rss_mb(flower)
+    worker_pss = harness.pss_mb(worker)
     default_rss = harness.peak_rss_mb(default_flower)
     worker.stop()
 
@@ -378,7 +379,7 @@ def test_s4_s5_worker_overhead_and_memory(start_role, management, plain_worker, 
                      [proc])
     runs = timings(timing_file).values()
     theirs = total / (max(end for _, _, end in runs) - min(start for _, start, _ in runs))
-    plain_rss = harness.peak_rss_mb(proc)
+    plain_rss, plain_pss = harness.peak_rss_mb(proc), harness.pss_mb(proc)
 
     record("S4", "no-op jobs run, 1 worker x2", ours, theirs, "jobs/s",
            target=">= 0.8x baseline", passed=ours >= 0.8 * theirs,
@@ -387,6 +388,10 @@ def test_s4_s5_worker_overhead_and_memory(start_role, management, plain_worker, 
                 f"ack (late) and prefetch (1)")
     record("S5", f"worker peak RSS after {total:,} jobs", worker_rss, plain_rss, "MB",
            note="process group: main process and 2 pool children")
+    record("S5", f"worker PSS after {total:,} jobs", worker_pss, plain_pss, "MB",
+           target="<= 1.3x baseline", passed=worker_pss <= 1.3 * plain_pss,
+           note="proportional set size: pages the pool children share with the main "
+                "process counted once")
     record("S5", f"Flower peak RSS after {total:,} jobs", flower_rss, default_rss, "MB",
            note="Switchyard's Flower (max_tasks 10,000) vs Flower with its default 100,000")
     web_rss = getattr(harness, "WEB_RSS_MB", None)

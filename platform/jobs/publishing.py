@@ -31,8 +31,8 @@ from jobs.models import Job
 from jobs.signals import job_event_send, timing_headers
 from routing import wire
 from switchyard.amqp import Unroutable
-from switchyard.api_errors import DATABASE_UNAVAILABLE
 from switchyard.celery import app
+from switchyard.database import DATABASE_UNAVAILABLE
 
 logger = logging.getLogger(__name__)
 

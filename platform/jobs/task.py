@@ -43,7 +43,7 @@ from jobs.publishing import LINK_HEADER, PUBLICATION_HEADER
 from jobs.senders import Sender, delivery_sender
 from jobs.signals import delivery_ended, delivery_labels, delivery_started, job_event_send
 from routing import topology
-from switchyard.api_errors import DATABASE_UNAVAILABLE
+from switchyard.database import DATABASE_UNAVAILABLE
 
 logger = logging.getLogger(__name__)
 

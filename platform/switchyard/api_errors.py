@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import logging
 
-from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler, set_rollback
 
+from switchyard.database import DATABASE_UNAVAILABLE
+
 logger = logging.getLogger(__name__)
 
-#: What a database raises when it cannot serve the request now, rather than for a bug.
-DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 #: Seconds a client is told to wait before trying again after a 503 of the database.
 DATABASE_RETRY_AFTER = 5
 
