@@ -370,3 +370,44 @@ def test_a_quick_workers_pool_process_never_decodes_the_88_megapixel_png(
     assert (job.lane, job.status) == ("slow", "succeeded"), (job.lane, job.status, job.error)
     assert peaks.get("quick", 0) <= 256 * MIB  # a quick process's share of its pod
     assert peaks["slow"] <= 1024 * MIB  # a slow process's share of its pod
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.workers
+def test_a_pool_process_over_its_memory_limit_is_replaced_and_the_lane_goes_on(
+        transactional_db, start_role, management, tmp_path):
+    # Given a quick worker of one pool process allowed 160 MiB, as deploy/bin/worker runs it
+    from jobs.models import Job
+    from jobs.submission import job_submit
+    from tests import drills
+    from tests.test_lanes import start_lane
+
+    witness = tmp_path / "witness"
+    witness.mkdir()
+    worker = start_lane(start_role, management, "quick", 1,
+                        SWITCHYARD_QUICK_MAX_MEMORY_PER_CHILD=str(160 * 1024),
+                        SWITCHYARD_WITNESS_DIR=str(witness))
+    tenant, _ = tenant_create(name="leaky", tier="standard")
+
+    def run(task: str, **params) -> str:
+        job, _ = job_submit(tenant=tenant, task=task, params=params)
+        wait_until(lambda: Job.objects.get(id=job.id).status == "succeeded", 60, task,
+                   roles=[worker])
+        return str(job.id)
+
+    def pid_of(job_id: str) -> int:
+        found = [int(log.stem.split("-")[1]) for log in witness.glob("witness-*.log")
+                 if job_id in log.read_text().split()]
+        assert len(found) == 1, found
+        return found[0]
+
+    before = run("demo.witness")
+    # When one job takes 300 MiB and keeps it (a leak, a huge input)
+    hog = run("demo.hog", mb=300)
+    after = run("demo.witness")
+    # Then its process ran it to the end and was replaced; the next job ran in a new one
+    assert pid_of(before) == pid_of(hog)
+    assert pid_of(after) != pid_of(hog)
+    assert not Path(f"/proc/{pid_of(hog)}").exists()
+    worker.assert_running()
+    assert drills.all_finished([before, hog, after])

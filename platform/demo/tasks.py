@@ -171,6 +171,24 @@ def _witness(task_id: str, seconds: float) -> str:
     return task_id
 
 
+#: What ``demo.hog`` holds: kept by the process until it ends, as a leak would.
+_HELD: list[bytearray] = []
+
+
+@app.task(name="demo.hog", lane="quick", bind=True, public=False, params_schema={
+    "type": "object",
+    "properties": {"mb": {"type": "integer", "minimum": 1, "maximum": 1024}},
+    "required": ["mb"],
+    "additionalProperties": False,
+})
+def hog(self, mb: int) -> str:
+    """Take ``mb`` MiB and keep it (every page touched), then note the run like
+    ``demo.witness``: a leak or a huge input, to rehearse the pool's per-child memory
+    limit (``--max-memory-per-child``, ``deploy/bin/worker``). Not public."""
+    _HELD.append(bytearray(b"\x01" * (mb * 1024 * 1024)))
+    return _witness(self.request.id, 0)
+
+
 @app.task(name="demo.witness", lane="quick", bind=True, params_schema=WITNESS_SCHEMA)
 def witness(self, seconds: float = 0.0) -> str:
     """Quick lane: sleep ``seconds`` (0 to 60), then note the run for a drill's count."""
