@@ -27,14 +27,15 @@ def plain_worker(lanes_empty, tmp_path):
 
     def start(*, concurrency: int = 2, priority: bool = False, acks_late: bool = False,
               prefetch: int = 4, queue: str = "plain", events: bool = False,
-              start_worker: bool = True):
+              start_worker: bool = True, results: str = ""):
         timings = tmp_path / f"{queue}-timings.txt"
         env = role_env(lanes_empty, PLAIN_QUEUE=queue, PLAIN_PRIORITY="1" if priority else "",
                        PLAIN_ACKS_LATE="1" if acks_late else "", PLAIN_PREFETCH=str(prefetch),
-                       PLAIN_TIMINGS=str(timings), PYTHONPATH=str(harness.REPO))
+                       PLAIN_TIMINGS=str(timings), PLAIN_RESULTS=results,
+                       PYTHONPATH=str(harness.REPO))
         env.pop("DJANGO_SETTINGS_MODULE")  # plain Celery: no Django, no Switchyard
         app = make_app(broker_url=lanes_empty, queue=queue, priority=priority,
-                       acks_late=acks_late, prefetch=prefetch)
+                       acks_late=acks_late, prefetch=prefetch, results=results)
         with app.connection_for_write() as conn:  # declared before anything is sent
             app.amqp.queues[queue].bind(conn.default_channel).declare()
         proc = None

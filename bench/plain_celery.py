@@ -8,7 +8,9 @@ Environment (all optional but the broker):
 ``CELERY_BROKER_URL``; ``PLAIN_QUEUE`` (default ``plain``); ``PLAIN_PRIORITY=1``
 declares the queue with ``x-max-priority`` 9; ``PLAIN_ACKS_LATE=1``;
 ``PLAIN_PREFETCH`` (Celery's default 4); ``PLAIN_CONFIRM=1`` publishes with
-publisher confirms; ``PLAIN_TIMINGS``: a file the sleep and probe tasks append
+publisher confirms; ``PLAIN_RESULTS``: a SQLAlchemy URL for Celery's database
+result backend (state and result of every task in a table, as a team wanting status
+per task would run it); ``PLAIN_TIMINGS``: a file the sleep and probe tasks append
 ``id kind started finished`` lines to (the measurement, not part of a real setup).
 """
 from __future__ import annotations
@@ -25,9 +27,11 @@ def _flag(name: str) -> bool:
 
 
 def make_app(*, broker_url: str | None, queue: str = "plain", priority: bool = False,
-             acks_late: bool = False, prefetch: int = 4, confirm: bool = False) -> Celery:
-    """A plain Celery app with one queue and the three benchmark tasks."""
-    app = Celery("plain", broker=broker_url)
+             acks_late: bool = False, prefetch: int = 4, confirm: bool = False,
+             results: str = "") -> Celery:
+    """A plain Celery app with one queue and the three benchmark tasks; with
+    ``results``, Celery's database result backend at that SQLAlchemy URL."""
+    app = Celery("plain", broker=broker_url, backend=f"db+{results}" if results else None)
     app.conf.update(
         task_queues=[Queue(queue, routing_key=queue,
                            queue_arguments={"x-max-priority": 9} if priority else None)],
@@ -38,7 +42,9 @@ def make_app(*, broker_url: str | None, queue: str = "plain", priority: bool = F
         broker_transport_options={"confirm_publish": confirm},
         task_serializer="json",
         accept_content=["json"],
-        task_ignore_result=True,
+        task_ignore_result=not results,
+        # The backend records STARTED too, as Switchyard records each job's start.
+        task_track_started=bool(results),
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
     )
@@ -75,7 +81,7 @@ app = make_app(broker_url=os.environ.get("CELERY_BROKER_URL"),
                queue=os.environ.get("PLAIN_QUEUE", "plain"),
                priority=_flag("PLAIN_PRIORITY"), acks_late=_flag("PLAIN_ACKS_LATE"),
                prefetch=int(os.environ.get("PLAIN_PREFETCH", "4")),
-               confirm=_flag("PLAIN_CONFIRM"))
+               confirm=_flag("PLAIN_CONFIRM"), results=os.environ.get("PLAIN_RESULTS", ""))
 
 
 def timings(path) -> dict[str, tuple[str, float, float]]:

@@ -332,6 +332,22 @@ def test_s3_submitting_jobs_with_publisher_confirms(start_role, management, plai
 
 # S4 and S5 ----------------------------------------------------------------------
 
+def _witnessed_rate(timing_file) -> float:
+    """Runs per second from the first run's start to the last run's end (timing lines)."""
+    runs = timings(timing_file).values()
+    return len(runs) / (max(end for _, _, end in runs) - min(start for _, start, _ in runs))
+
+
+def _sqlalchemy_url() -> str:
+    """This run's PostgreSQL database as a SQLAlchemy URL (psycopg 3)."""
+    from django.db import connection
+
+    s = connection.settings_dict
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
+    return (f"postgresql+psycopg://{auth}@{s.get('HOST') or '127.0.0.1'}:"
+            f"{s.get('PORT') or 5432}/{s['NAME']}")
+
+
 def test_s4_s5_worker_overhead_and_memory(start_role, management, plain_worker, lanes_empty):
     """No-op jobs drained per second by one worker (2 processes), and peak memory."""
     total = scale(100_000, 3_000)
@@ -377,15 +393,40 @@ def test_s4_s5_worker_overhead_and_memory(start_role, management, plain_worker, 
     # appended by the task (one short write per run, its only bookkeeping).
     harness.wait_for(lambda: len(timings(timing_file)) == total, 300, "every plain run",
                      [proc])
-    runs = timings(timing_file).values()
-    theirs = total / (max(end for _, _, end in runs) - min(start for _, start, _ in runs))
+    theirs = _witnessed_rate(timing_file)
     plain_rss, plain_pss = harness.peak_rss_mb(proc), harness.pss_mb(proc)
+    proc.stop()
+
+    # A second baseline: plain Celery with its database result backend on the same
+    # PostgreSQL (each task's STARTED and SUCCESS written to a table), the setup a team
+    # picks when it wants status per task, as Switchyard's job records give.
+    results = _sqlalchemy_url()
+    proc, app, _ = plain_worker(concurrency=QUICK_CONCURRENCY, acks_late=True, prefetch=1,
+                                queue="plain-s4r", start_worker=False, results=results)
+    with app.producer_or_acquire() as producer:
+        for _ in range(total):
+            app.send_task("plain.quick", args=(1,), producer=producer)
+    proc, _, timing_file = plain_worker(concurrency=QUICK_CONCURRENCY, acks_late=True,
+                                        prefetch=1, queue="plain-s4r", results=results)
+    harness.wait_for(lambda: len(timings(timing_file)) == total, 300,
+                     "every plain run with results", [proc])
+    with_results = _witnessed_rate(timing_file)
+    from django.db import connection
+    with connection.cursor() as cursor:  # the backend really wrote every outcome
+        cursor.execute("SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS'")
+        stored = cursor.fetchone()[0]
+    assert stored == total, f"{stored} of {total} results stored"
 
     record("S4", "no-op jobs run, 1 worker x2", ours, theirs, "jobs/s",
            target=">= 0.8x baseline", passed=ours >= 0.8 * theirs,
            note=f"first start to last end, each side by its own witness (Switchyard: the "
                 f"job records, all {total:,} succeeded; Celery: each run's timing line); same "
                 f"ack (late) and prefetch (1)")
+    record("S4", "no-op jobs run, vs Celery + database results", ours, with_results, "jobs/s",
+           target=">= 1.0x baseline", passed=ours >= with_results,
+           note="baseline: plain Celery with its SQLAlchemy result backend on the same "
+                "PostgreSQL, task_track_started on (a STARTED and a SUCCESS row per task); "
+                "same ack, prefetch and witness as above")
     record("S5", f"worker peak RSS after {total:,} jobs", worker_rss, plain_rss, "MB",
            note="process group: main process and 2 pool children")
     record("S5", f"worker PSS after {total:,} jobs", worker_pss, plain_pss, "MB",
