@@ -137,12 +137,16 @@ class Management:
             {"configure": ".*", "write": ".*", "read": ".*"},
         )
 
-    def delete_vhost(self, vhost: str) -> None:
+    def delete_if_present(self, path: str) -> None:
+        """``DELETE /api/<path>``; a 404 (already gone) is not an error."""
         try:
-            self.request("DELETE", f"vhosts/{self.q(vhost)}")
+            self.request("DELETE", path)
         except ManagementError as exc:
             if "HTTP 404" not in str(exc):
                 raise
+
+    def delete_vhost(self, vhost: str) -> None:
+        self.delete_if_present(f"vhosts/{self.q(vhost)}")
 
     # -- users (tenants' broker users: manage.py tenant_broker_user) ---------------------
 
@@ -154,11 +158,7 @@ class Management:
         return self.get_or_none(f"users/{self.q(name)}")
 
     def delete_user(self, name: str) -> None:
-        try:
-            self.request("DELETE", f"users/{self.q(name)}")
-        except ManagementError as exc:
-            if "HTTP 404" not in str(exc):
-                raise
+        self.delete_if_present(f"users/{self.q(name)}")
 
     def set_permissions(self, vhost: str, user: str, *, configure: str, write: str,
                         read: str) -> None:

@@ -121,3 +121,12 @@ def start_role(transactional_db, lanes_empty, tmp_path, role_env_defaults):
     yield start
     for role in reversed(started):
         role.stop()
+
+
+@pytest.fixture
+def witness_dir(tmp_path):
+    """An empty folder the ``demo.witness`` tasks of this test's workers note their runs in
+    (``SWITCHYARD_WITNESS_DIR``; ``tests.drills.witnessed_runs`` reads it)."""
+    directory = tmp_path / "witness"
+    directory.mkdir()
+    return directory

@@ -230,6 +230,24 @@ class Flood:
             return len(self.answers)
 
 
+def platform_up(start_role, management, witness_dir: Path) -> tuple[list, int]:
+    """Every role a flood drill runs: the web (``web_up``), a dispatcher, a quick worker
+    of 4 processes and a slow one of 2 noting their runs in ``witness_dir``, once both
+    lanes have a consumer: ``(roles, web port)``."""
+    env = {"SWITCHYARD_WITNESS_DIR": str(witness_dir)}
+    web, port = web_up(start_role)
+    roles = [web, start_role("dispatcher"),
+             start_role("worker", "quick", SWITCHYARD_QUICK_CONCURRENCY="4", **env),
+             start_role("worker", "slow", SWITCHYARD_SLOW_CONCURRENCY="2", **env)]
+
+    def consumers(queue: str) -> int:
+        return (management.queue(settings.TEST_VHOST, queue) or {}).get("consumers", 0)
+
+    wait_until(lambda: consumers("quick") >= 1 and consumers("slow") >= 1, 60,
+               "consumers on both lanes", roles=roles)
+    return roles, port
+
+
 def web_up(start_role, **env):
     """The web role (gunicorn, 2 workers) on a free port, once it answers: ``(role, port)``."""
     port = free_port()

@@ -37,13 +37,6 @@ from tests.test_lanes import consumers_on, start_lane
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers]
 
 
-@pytest.fixture
-def witness_dir(tmp_path) -> Path:
-    directory = tmp_path / "witness"
-    directory.mkdir()
-    return directory
-
-
 def rabbitmqctl(*args: str, timeout: float = 120) -> str:
     return subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, text=True,
                           timeout=timeout).stdout
@@ -157,13 +150,7 @@ def test_broker_restart_during_an_api_flood_loses_no_accepted_job(
         start_role, management, witness_dir):
     """``rabbitmqctl stop_app`` / ``start_app`` while four clients post jobs to the API."""
     key = flood_tenant("restartdrill")
-    env = {"SWITCHYARD_WITNESS_DIR": str(witness_dir)}
-    web, port = drills.web_up(start_role)
-    roles = [web, start_role("dispatcher"),
-             start_role("worker", "quick", SWITCHYARD_QUICK_CONCURRENCY="4", **env),
-             start_role("worker", "slow", SWITCHYARD_SLOW_CONCURRENCY="2", **env)]
-    wait_until(lambda: consumers_on(management, "quick") >= 1 and
-               consumers_on(management, "slow") >= 1, 60, "consumers on both lanes", roles=roles)
+    roles, port = drills.platform_up(start_role, management, witness_dir)
     started = time.monotonic()
     # Slow jobs that are running when the broker goes: their worker must not finish them
     # as well as the worker the broker redelivers them to

@@ -23,7 +23,6 @@ from tenants.models import Tenant
 from tests import drills
 from tests.processes import wait_until
 from tests.test_drills_broker import flood_tenant
-from tests.test_lanes import consumers_on
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers]
 
@@ -44,23 +43,10 @@ def restart_postgresql() -> float:
     return time.monotonic() - began
 
 
-@pytest.fixture
-def witness_dir(tmp_path) -> Path:
-    directory = tmp_path / "witness"
-    directory.mkdir()
-    return directory
-
-
 def test_postgresql_restart_during_an_api_flood_loses_no_accepted_job(
         start_role, management, witness_dir):
     key = flood_tenant("pgrestart")
-    env = {"SWITCHYARD_WITNESS_DIR": str(witness_dir)}
-    web, port = drills.web_up(start_role)
-    roles = [web, start_role("dispatcher"),
-             start_role("worker", "quick", SWITCHYARD_QUICK_CONCURRENCY="4", **env),
-             start_role("worker", "slow", SWITCHYARD_SLOW_CONCURRENCY="2", **env)]
-    wait_until(lambda: consumers_on(management, "quick") >= 1 and
-               consumers_on(management, "slow") >= 1, 60, "consumers on both lanes", roles=roles)
+    roles, port = drills.platform_up(start_role, management, witness_dir)
     started = time.monotonic()
     tenant = Tenant.objects.get(name="pgrestart")
     # Slow jobs that are running when the database goes

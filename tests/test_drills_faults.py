@@ -45,13 +45,6 @@ from tests.test_lanes import consumers_on, start_lane
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers]
 
 @pytest.fixture
-def witness_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "witness"
-    directory.mkdir()
-    return directory
-
-
-@pytest.fixture
 def role_env_defaults(witness_dir: Path) -> dict[str, str]:
     """Every role of these drills notes its witness runs in the test's directory."""
     return {"SWITCHYARD_WITNESS_DIR": str(witness_dir)}

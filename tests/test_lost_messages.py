@@ -192,13 +192,6 @@ def test_the_census_changes_nothing_when_the_management_api_cannot_be_read(
 DRILL_ENV = {"SWITCHYARD_RECONCILE_EVERY": "2", "SWITCHYARD_RECONCILE_AGE": "8"}
 
 
-@pytest.fixture
-def witness_dir(tmp_path) -> Path:
-    directory = tmp_path / "witness"
-    directory.mkdir()
-    return directory
-
-
 def _submit(tenant: Tenant, task: str, n: int, seconds: float) -> list[str]:
     outcome = job_submit_bulk(tenant=tenant, enforce_quotas=False,
                               jobs=[BulkJob(task, {"seconds": seconds})] * n)

@@ -375,15 +375,14 @@ def test_a_quick_workers_pool_process_never_decodes_the_88_megapixel_png(
 @pytest.mark.rabbitmq
 @pytest.mark.workers
 def test_a_pool_process_over_its_memory_limit_is_replaced_and_the_lane_goes_on(
-        transactional_db, start_role, management, tmp_path):
+        transactional_db, start_role, management, witness_dir):
     # Given a quick worker of one pool process allowed 160 MiB, as deploy/bin/worker runs it
     from jobs.models import Job
     from jobs.submission import job_submit
     from tests import drills
     from tests.test_lanes import start_lane
 
-    witness = tmp_path / "witness"
-    witness.mkdir()
+    witness = witness_dir
     worker = start_lane(start_role, management, "quick", 1,
                         SWITCHYARD_QUICK_MAX_MEMORY_PER_CHILD=str(160 * 1024),
                         SWITCHYARD_WITNESS_DIR=str(witness))

@@ -108,14 +108,13 @@ def job_publish_due(*, now: dt.datetime | None = None, limit: int = 500) -> int:
     return limit - left
 
 
-def _group_lock(lane: str, tier: str, tenant_id) -> bool:
-    """Serialise dispatchers on one windowed group (PostgreSQL advisory lock,
-    released at commit); False if another dispatcher holds it."""
+def try_transaction_lock(name: str) -> bool:
+    """Take the PostgreSQL advisory lock ``name`` until the surrounding transaction ends;
+    False if another session holds it. Elsewhere (SQLite, one dispatcher) always True."""
     if connection.vendor != "postgresql":
         return True
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))",
-                       [f"switchyard-window:{lane}:{tier}:{tenant_id}"])
+        cursor.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", [name])
         return bool(cursor.fetchone()[0])
 
 
@@ -127,7 +126,8 @@ def _release(lane: str, tier: str, tenant_id, take: int, now: dt.datetime,
     window = fairness.tenant_window(lane, weight)
     with transaction.atomic():
         if window is not None:
-            if not _group_lock(lane, tier, tenant_id):
+            # One dispatcher (or starting worker) refills a window at a time.
+            if not try_transaction_lock(f"switchyard-window:{lane}:{tier}:{tenant_id}"):
                 return 0, None
             # Counted again under the lock: another dispatcher or the web may
             # have published since the plan was made.

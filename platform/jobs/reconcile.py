@@ -41,8 +41,9 @@ import logging
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 
+from jobs.dispatch import try_transaction_lock
 from jobs.models import Job
 from jobs.signals import job_events_for
 from routing import topology
@@ -87,17 +88,6 @@ def queue_depths(management: Management | None = None) -> dict[str, int | None]:
     return depths
 
 
-def _lane_lock(lane: str) -> bool:
-    """One dispatcher takes a lane's census at a time (PostgreSQL advisory lock,
-    released at commit); False if another holds it."""
-    if connection.vendor != "postgresql":
-        return True
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))",
-                       [f"switchyard-reconcile:{lane}"])
-        return bool(cursor.fetchone()[0])
-
-
 def job_reconcile(*, now: dt.datetime | None = None,
                   management: Management | None = None) -> list[LaneCensus]:
     """Take every lane's census; set the jobs found missing back to unpublished.
@@ -116,7 +106,8 @@ def job_reconcile(*, now: dt.datetime | None = None,
     censuses = []
     for lane in topology.LANES:
         with transaction.atomic():
-            if not _lane_lock(lane.name):
+            # One dispatcher takes a lane's census at a time.
+            if not try_transaction_lock(f"switchyard-reconcile:{lane.name}"):
                 continue
             counted = Job.objects.filter(lane=lane.name, status__in=Job.UNFINISHED,
                                          published_at__isnull=False, published_at__lt=cutoff)

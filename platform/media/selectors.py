@@ -28,7 +28,8 @@ def storage_used(*, tenant: Tenant) -> int:
     staged for jobs that have not run yet (thumbnails are not counted)."""
     files = File.objects.filter(tenant=tenant, state__in=(File.State.ACTIVE, File.State.TRASHED)
                                 ).aggregate(n=Sum("size"))["n"] or 0
-    return files + sum(size for _, size, _ in storage.staged_uploads(tenant.name))
+    return files + sum(storage.size_of(storage.staging_key(tenant.name, token)) or 0
+                       for token in storage.staged_tokens(tenant.name))
 
 
 def file_list(*, tenant: Tenant, folder: str | None = None, recursive: bool = False,

@@ -35,8 +35,11 @@ def staging_sweep(*, older_than: dt.timedelta) -> int:
     cutoff = time.time() - older_than.total_seconds()
     removed = 0
     for tenant in Tenant.objects.all().iterator():
-        staged = [token for token, _, modified in storage.staged_uploads(tenant.name)
-                  if modified < cutoff]
+        staged = []
+        for token in storage.staged_tokens(tenant.name):
+            modified = storage.modified_at(storage.staging_key(tenant.name, token))
+            if modified is not None and modified < cutoff:
+                staged.append(token)
         if not staged:
             continue
         keep = _referenced(tenant)

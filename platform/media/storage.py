@@ -57,24 +57,22 @@ def staging_key(tenant_name: str, token: str) -> str:
     return f"{tenant_name}/staging/{token}"
 
 
-def staged_uploads(tenant_name: str) -> list[tuple[str, int, float]]:
-    """``(token, bytes, modified epoch seconds)`` of each upload staged for the tenant."""
-    storage = media_storage()
-    folder = f"{tenant_name}/staging"
+def staged_tokens(tenant_name: str) -> list[str]:
+    """The tokens of the uploads staged for the tenant (one listing of its folder; each
+    caller reads only what it needs of each: the quota a size, the sweep an age)."""
     try:
-        _, names = storage.listdir(folder)
+        _, names = media_storage().listdir(f"{tenant_name}/staging")
     except (FileNotFoundError, NotADirectoryError):
         return []
-    found = []
-    for token in names:
-        if not is_staging_token(token):
-            continue
-        key = staging_key(tenant_name, token)
-        try:
-            found.append((token, storage.size(key), storage.get_modified_time(key).timestamp()))
-        except OSError:  # deleted meanwhile (its upload ran)
-            continue
-    return found
+    return [token for token in names if is_staging_token(token)]
+
+
+def modified_at(key: str) -> float | None:
+    """When ``key`` was last written (epoch seconds); None once it is gone."""
+    try:
+        return media_storage().get_modified_time(key).timestamp()
+    except OSError:  # deleted meanwhile (its upload ran)
+        return None
 
 
 def local_path(key: str) -> Path | None:
