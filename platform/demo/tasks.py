@@ -16,6 +16,7 @@ import os
 import time
 
 from jobs.batch_task import batch_task
+from jobs.errors import PermanentFailure
 from jobs.models import Job
 from switchyard.celery import app
 
@@ -53,6 +54,51 @@ def slow_task(seconds: float = 1.0) -> float:
 def quick_task(x=None):
     """Return ``x`` at once: stands for a metadata lookup answered in milliseconds."""
     return x
+
+
+@app.task(
+    name="demo.add",
+    lane="quick",
+    params_schema={
+        "type": "object",
+        "properties": {"x": {"type": "number"}, "y": {"type": "number"}},
+        "required": ["x", "y"],
+        "additionalProperties": False,
+    },
+)
+def add(x: float, y: float) -> float:
+    """Return ``x + y``: the smallest step of a chain (``chain(add.s(1, 2), add.s(3))``)."""
+    return x + y
+
+
+@app.task(
+    name="demo.total",
+    lane="quick",
+    params_schema={
+        "type": "object",
+        "properties": {"numbers": {"type": "array", "items": {"type": ["number", "null"]}}},
+        "required": ["numbers"],
+        "additionalProperties": False,
+    },
+)
+def total(numbers: list) -> float:
+    """Return the sum of ``numbers`` (nulls: steps that did not succeed, counted as 0): a
+    fan-in, such as a chord's callback."""
+    return sum(n for n in numbers if n is not None)
+
+
+@app.task(
+    name="demo.fail",
+    lane="quick",
+    params_schema={
+        "type": "object",
+        "properties": {"message": {"type": "string", "maxLength": 500}},
+        "additionalProperties": False,
+    },
+)
+def fail(message: str = "failed as asked") -> None:
+    """Fail at once, for good (``PermanentFailure``): to try a workflow's on_failure."""
+    raise PermanentFailure(message)
 
 
 @app.task(

@@ -34,6 +34,7 @@ from jobs.serializers import (
     parse_options,
 )
 from jobs.submission import job_cancel, job_submit
+from jobs.workflows import step_cancel
 from routing import priorities, topology
 
 
@@ -149,7 +150,9 @@ class JobCancelApi(APIView):
     @extend_schema(request=None, responses={200: JobOutputSerializer})
     def post(self, request, job_id):
         with refusals():
-            job = job_cancel(job=_own_job(request, job_id))
+            job = _own_job(request, job_id)
+            # A workflow's step is cancelled under its workflow's lock, and its end counted.
+            job = step_cancel(job=job) if job.workflow_id else job_cancel(job=job)
         return Response(JobOutputSerializer(job, context={"request": request}).data)
 
 

@@ -40,6 +40,8 @@ from jobs.serializers import (
     known_task,
     parse_options,
 )
+from jobs.workflow_api import parse_step
+from jobs.workflow_submission import check_step_params
 
 
 class BatchListSubmitApi(APIView):
@@ -53,6 +55,9 @@ class BatchListSubmitApi(APIView):
         chunk_size = serializers.IntegerField(min_value=1, max_value=MAX_CHUNK_SIZE,
                                               required=False)
         options = serializers.DictField(required=False, default=dict)
+        on_complete = serializers.DictField(required=False, help_text=(
+            "{task, params, summary}: runs once every chunk has ended, whatever their "
+            "outcome; the parameter named by summary receives the batch's counts"))
 
     @extend_schema(request=InputSerializer, responses={202: BatchOutputSerializer},
                    parameters=[OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER,
@@ -71,11 +76,16 @@ class BatchListSubmitApi(APIView):
         with refusals():
             validate_items(task, data["items"], tenant=request.auth)
         options = parse_options(data["options"], BatchOptionsSerializer)
+        on_complete = None
+        if data.get("on_complete") is not None:
+            on_complete = parse_step("on_complete", data["on_complete"], on_complete=True)
+            with refusals():
+                check_step_params(on_complete, tenant=request.auth)
         key = idempotency_key(request)
         return accepted(
             lambda: batch_submit(tenant=request.auth, task=task.name, items=data["items"],
                                  chunk_size=data.get("chunk_size"), options=options,
-                                 idempotency_key=key),
+                                 idempotency_key=key, on_complete=on_complete),
             location=lambda batch: reverse("jobs:batch-detail", kwargs={"batch_id": batch.id}),
             render=lambda batch: batch_representation(request, batch))
 

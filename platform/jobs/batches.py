@@ -26,11 +26,13 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from jobs.errors import InvalidSubmission, NotCancellable
-from jobs.models import Batch, Job
+from jobs.models import Batch, Job, Workflow
 from jobs.options import SubmitOptions, apply_run_options, fingerprint, schedule_of
 from jobs.quotas import check_quotas
 from jobs.signals import job_event_send
 from jobs.submission import idempotent_replay, new_job
+from jobs.workflow_submission import StepSpec, batch_workflow, save_batch_steps
+from jobs.workflows import steps_ended
 from routing import topology
 from switchyard.celery import app
 from switchyard.clock import platform_now
@@ -51,8 +53,11 @@ def max_items() -> int:
 
 def batch_submit(*, tenant: Tenant, task: str, items: Sequence[Any],
                  chunk_size: int | None = None, options: SubmitOptions | None = None,
-                 idempotency_key: str = "") -> tuple[Batch, bool]:
-    """Record a batch and its chunks; the dispatcher publishes the chunks.
+                 idempotency_key: str = "", on_complete: StepSpec | None = None,
+                 ) -> tuple[Batch, bool]:
+    """Record a batch and its chunks; the dispatcher publishes the chunks. With
+    ``on_complete``, that task runs once every chunk has ended, with the batch's counts
+    (``jobs.workflows.batch_workflow``).
 
     Items must already be valid for the task (``catalogue.validate_items``).
     Returns ``(batch, created)`` like ``job_submit``; raises
@@ -92,7 +97,8 @@ def batch_submit(*, tenant: Tenant, task: str, items: Sequence[Any],
                   options=_jsonable_options(options))
     if idempotency_key:
         batch.idempotency_key = idempotency_key
-        batch.request_fingerprint = fingerprint(task, items, size, asdict(options))
+        batch.request_fingerprint = fingerprint(
+            task, items, size, asdict(options), asdict(on_complete) if on_complete else None)
         existing = idempotent_replay(tenant.batches.all(), idempotency_key,
                                      batch.request_fingerprint)
         if existing:
@@ -110,8 +116,13 @@ def batch_submit(*, tenant: Tenant, task: str, items: Sequence[Any],
     try:
         with transaction.atomic():
             check_quotas(tenant, now, adding=count)
+            if on_complete is not None:
+                batch.workflow = batch_workflow(tenant=tenant, chunks=chunks,
+                                                on_complete=on_complete, now=now)
             batch.save(force_insert=True)
             Job.objects.bulk_create(chunks, batch_size=2000)
+            if batch.workflow is not None:
+                save_batch_steps(batch.workflow, chunks)
             transaction.on_commit(lambda: _count_chunks("submitted", batch, lanes))
     except IntegrityError:
         existing = idempotent_replay(tenant.batches.all(), idempotency_key,
@@ -145,8 +156,17 @@ def batch_cancel(*, batch: Batch) -> int:
     ``NotCancellable`` if nothing was left to cancel."""
     now = platform_now()
     with transaction.atomic():
+        if batch.workflow_id is not None:
+            # Its on_complete runs once the chunks have ended: counted here, under the
+            # workflow's lock, taken first (jobs.workflows' lock order).
+            Workflow.objects.select_for_update().filter(id=batch.workflow_id).first()
         cancelled = Job.objects.filter(batch=batch, status__in=Job.WAITING).update(
             status=Job.Status.CANCELLED, finished_at=now, error="batch cancelled by its caller")
+        if batch.workflow_id is not None and cancelled:
+            cancelled_ids = Job.objects.filter(batch=batch, status=Job.Status.CANCELLED,
+                                               finished_at=now).values_list("id", flat=True)
+            steps_ended([(job_id, batch.workflow_id, Job.Status.CANCELLED)
+                         for job_id in cancelled_ids])
         if not cancelled:
             raise NotCancellable(f"batch {batch.id} has no chunk left that has not started")
         Batch.objects.filter(id=batch.id).update(cancelled_at=now)

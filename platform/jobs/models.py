@@ -14,6 +14,9 @@ from django.db import models
 class JobStatus(models.TextChoices):
     """Where a job stands (``Job.Status``)."""
 
+    #: A workflow step waiting for the steps it depends on (``jobs.workflows``): never
+    #: published, never started by a delivery; released to ``queued`` once they end.
+    BLOCKED = "blocked"
     QUEUED = "queued"
     STARTED = "started"
     RETRYING = "retrying"
@@ -31,6 +34,9 @@ class JobStatus(models.TextChoices):
 WAITING = (JobStatus.QUEUED, JobStatus.RETRYING)
 #: Not finished: waiting, or started (a started job whose worker died runs again).
 UNFINISHED = (*WAITING, JobStatus.STARTED)
+#: Not started: waiting, or blocked behind a workflow step. Cancelling a workflow
+#: cancels these.
+NOT_STARTED = (*WAITING, JobStatus.BLOCKED)
 #: Will never run again.
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED,
             JobStatus.DEAD)
@@ -48,6 +54,7 @@ class Job(models.Model):
     Status = JobStatus
     WAITING = WAITING
     UNFINISHED = UNFINISHED
+    NOT_STARTED = NOT_STARTED
     FINISHED = FINISHED
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -106,6 +113,9 @@ class Job(models.Model):
     batch = models.ForeignKey(
         "jobs.Batch", null=True, blank=True, on_delete=models.CASCADE, related_name="chunks"
     )
+    workflow = models.ForeignKey(
+        "jobs.Workflow", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs",
+        db_index=False, help_text="The workflow this job is a step of (jobs.workflows).")
     chunk_index = models.PositiveIntegerField(null=True, blank=True)
     item_offset = models.PositiveIntegerField(
         null=True, blank=True, help_text="Index of the chunk's first item in its batch."
@@ -141,6 +151,9 @@ class Job(models.Model):
                          name="jobs_held",
                          condition=models.Q(published_at__isnull=True,
                                             status__in=list(WAITING))),
+            # A workflow's steps (most jobs are in none: the index stays small).
+            models.Index(fields=["workflow", "status"], name="jobs_in_workflow",
+                         condition=models.Q(workflow__isnull=False)),
             # Starts per lane over the last seconds: the standard tier's share.
             models.Index(fields=["lane", "started_at"], name="jobs_lane_started",
                          condition=models.Q(started_at__isnull=False)),
@@ -172,6 +185,9 @@ class Batch(models.Model):
     request_fingerprint = models.CharField(max_length=64, blank=True)
     submitted_at = models.DateTimeField()
     cancelled_at = models.DateTimeField(null=True, blank=True)
+    workflow = models.OneToOneField(
+        "jobs.Workflow", null=True, blank=True, on_delete=models.SET_NULL, related_name="batch",
+        help_text="Runs the batch's on_complete task once every chunk has ended.")
 
     class Meta:
         ordering = ["-submitted_at"]
@@ -184,6 +200,121 @@ class Batch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task} x{self.total_items} {self.id}"
+
+
+class WorkflowStatus(models.TextChoices):
+    """Where a workflow stands (``Workflow.Status``)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Workflow(models.Model):
+    """Steps run in the order their dependencies give (``jobs.workflows``): a DAG
+    submitted to ``POST /api/v1/workflows``, a Celery chain or chord from the native
+    path, or a batch with an ``on_complete`` task.
+
+    Every step is a ``Job`` (with a ``WorkflowStep`` row), recorded when the workflow
+    is accepted: a step whose dependencies have not all ended is ``blocked``. The row
+    counts the steps not yet ended (``open_steps``, the ``on_complete`` step aside);
+    it is changed only under its row lock, in the transaction that records a step's
+    end, so each step is counted once and what waits on it is released once.
+    """
+
+    class Kind(models.TextChoices):
+        STEPS = "steps", "steps (REST)"
+        CHAIN = "chain", "Celery chain"
+        CHORD = "chord", "Celery chord"
+        BATCH = "batch", "batch on_complete"
+
+    Status = WorkflowStatus
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey("tenants.Tenant", null=True, blank=True,
+                               on_delete=models.PROTECT, related_name="workflows")
+    tenant_name = models.CharField(max_length=63)
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.STEPS)
+    status = models.CharField(max_length=16, choices=WorkflowStatus.choices,
+                              default=WorkflowStatus.RUNNING)
+    step_count = models.PositiveIntegerField()
+    open_steps = models.PositiveIntegerField(
+        help_text="Steps not yet ended, the on_complete step aside.")
+    on_complete = models.OneToOneField(
+        "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Runs once after every other step ended, whatever their outcome.")
+    reason = models.TextField(blank=True, help_text="Why it failed or was cancelled.")
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True)
+    submitted_at = models.DateTimeField()
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-submitted_at"]
+        indexes = [models.Index(fields=["tenant", "submitted_at"]),
+                   models.Index(fields=["status", "submitted_at"], name="workflows_running",
+                                condition=models.Q(status="running"))]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "idempotency_key"],
+                                    name="workflows_idempotency",
+                                    condition=~models.Q(idempotency_key="")),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} workflow [{self.status}] {self.id}"
+
+
+class OnFailure(models.TextChoices):
+    """What a step's failure does to the steps that depend on it."""
+
+    FAIL_WORKFLOW = "fail_workflow", "cancel its descendants; the workflow fails"
+    CONTINUE = "continue", "its dependents run (its result is null)"
+
+
+class WorkflowStep(models.Model):
+    """A job's place in its workflow: its name, what it waits for and what waits on it."""
+
+    OnFailure = OnFailure
+
+    job = models.OneToOneField("jobs.Job", primary_key=True, on_delete=models.CASCADE,
+                               related_name="step")
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="steps")
+    name = models.CharField(max_length=200)
+    index = models.PositiveIntegerField(help_text="Its place in the request.")
+    depends_on = models.JSONField(default=list, blank=True, help_text="Names of its upstreams.")
+    dependents = models.JSONField(default=list, blank=True,
+                                  help_text="Job ids of the steps that depend on it.")
+    inputs = models.JSONField(
+        default=dict, blank=True,
+        help_text="Parameter -> step name (its result) or list of names (their results).")
+    summary_param = models.CharField(
+        max_length=200, blank=True,
+        help_text="on_complete only: the parameter receiving the workflow's summary.")
+    options = models.JSONField(default=dict, blank=True,
+                               help_text="Its submit options as accepted, applied at release.")
+    on_failure = models.CharField(max_length=16, choices=OnFailure.choices,
+                                  default=OnFailure.FAIL_WORKFLOW)
+    is_on_complete = models.BooleanField(default=False)
+    waiting_for = models.PositiveIntegerField(default=0,
+                                              help_text="Upstream steps not yet ended.")
+    outcome = models.CharField(
+        max_length=16, blank=True,
+        help_text="Its job's final status once the workflow counted it (counted once).")
+
+    class Meta:
+        ordering = ["index"]
+        constraints = [models.UniqueConstraint(fields=["workflow", "name"],
+                                               name="workflow_step_names")]
+        indexes = [
+            # The sweep: steps whose job ended on a path that left the counting to it.
+            models.Index(fields=["workflow"], name="workflow_steps_open",
+                         condition=models.Q(outcome="")),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} of {self.workflow_id}"
 
 
 class PendingConfirm(models.Model):

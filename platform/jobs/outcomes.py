@@ -23,6 +23,7 @@ from jobs.options import RetryPolicy
 from jobs.publishing import publish_or_defer
 from jobs.signals import job_events_for
 from jobs.submission import new_job
+from jobs.workflows import step_ended
 from switchyard.clock import platform_now
 
 logger = logging.getLogger(__name__)
@@ -56,10 +57,12 @@ def _submit_followup(parent: Job, spec: Mapping[str, Any], *, passed: Any) -> Jo
 
 def job_record_success(*, job_id, result: Any, failed_items: int = 0,
                        has_link: bool = False) -> bool:
-    """``started`` → ``succeeded``; submits the job's ``link``. False if it was not started.
+    """``started`` → ``succeeded``; submits the job's ``link``, releases what waits on it
+    in its workflow (``jobs.workflows``). False if it was not started.
 
-    Without a link this is one UPDATE in autocommit (one round trip: it runs
-    after every job); with one, the follow-up is written in the same transaction.
+    Without follow-ups (``has_link``: the message's ``LINK_HEADER``) this is one UPDATE
+    in autocommit (one round trip: it runs after every job); with them, they are
+    written in the same transaction.
     """
     def succeed() -> int:
         return Job.objects.filter(id=job_id, status=Job.Status.STARTED).update(
@@ -74,6 +77,7 @@ def job_record_success(*, job_id, result: Any, failed_items: int = 0,
             job = Job.objects.select_related("tenant").get(id=job_id)
             if job.link:
                 _submit_followup(job, job.link, passed=job.result)
+            step_ended(job, Job.Status.SUCCEEDED)
     return bool(updated)
 
 
@@ -108,6 +112,8 @@ def job_record_failure(*, job_id, error: str, retryable: bool = True,
         updated = started.update(status=Job.Status.FAILED, finished_at=now, error=error)
         if updated and job.link_error:
             _submit_followup(job, job.link_error, passed=str(job.id))
+        if updated:
+            step_ended(job, Job.Status.FAILED)
     return Job.Status.FAILED if updated else None
 
 
@@ -120,5 +126,6 @@ def job_record_dead(*, job: Job, runnable: Collection[str], reason: str) -> bool
         if updated and job.link_error:
             _submit_followup(job, job.link_error, passed=str(job.id))
         if updated:
+            step_ended(job, Job.Status.DEAD)
             transaction.on_commit(lambda: job_events_for("dead", [job]))
     return bool(updated)

@@ -51,6 +51,12 @@ _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 PUBLISH_GRACE = dt.timedelta(seconds=3)
 
 
+def has_followups(job: Job) -> bool:
+    """Does the job's end do more than one UPDATE (a ``link`` to submit, a workflow's
+    steps to release)? Its messages then say so (``LINK_HEADER``)."""
+    return bool(job.link or job.workflow_id)
+
+
 def message_headers(job: Job, *, publication: int, promoted: bool = False) -> dict:
     """The Switchyard headers of a message of ``job``: tenant and tier (checked on
     publish, ``routing.celery_config.enforce_on_publish``), publication number,
@@ -60,7 +66,7 @@ def message_headers(job: Job, *, publication: int, promoted: bool = False) -> di
                PUBLICATION_HEADER: publication}
     if promoted:
         headers[routing_celery.PROMOTED_HEADER] = 1
-    if job.link:
+    if has_followups(job):
         headers[LINK_HEADER] = 1
     headers.update(timing_headers(job))  # observers time the wait (jobs.signals)
     return headers

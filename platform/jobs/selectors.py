@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from django.db.models import Count, F, Max, Min, Q, QuerySet, Sum
 
-from jobs.models import Batch, Job
+from jobs.models import Batch, Job, Workflow
 from switchyard.clock import platform_now
 from tenants.models import Tenant
 
@@ -146,3 +146,28 @@ def batch_failures(batch: Batch, *, after: int = -1, limit: int = 100
                           "item": items[local] if local < len(items) else None,
                           "error": error})
     return found, None
+
+
+def workflow_list(*, tenant: Tenant, status: str | None = None) -> QuerySet[Workflow]:
+    workflows = Workflow.objects.filter(tenant=tenant)
+    return workflows.filter(status=status) if status else workflows
+
+
+def workflow_get(*, tenant: Tenant, workflow_id) -> Workflow | None:
+    """The tenant's workflow, or None (another tenant's is as good as missing)."""
+    return Workflow.objects.filter(tenant=tenant, id=workflow_id).first()
+
+
+def workflow_progress(workflow: Workflow) -> dict:
+    """``{"steps", "ended", <status>: count...}`` over every step's job (one aggregate)."""
+    counts = dict(Job.objects.filter(workflow=workflow).order_by().values_list("status")
+                  .annotate(n=Count("id")))
+    total = sum(counts.values())
+    return {"steps": total, "ended": sum(counts.get(s, 0) for s in Job.FINISHED), **counts}
+
+
+def workflow_steps(workflow: Workflow):
+    """Every step of ``workflow`` in request order, with its job's task and status."""
+    return (workflow.steps.order_by("index")
+            .values("name", "job_id", "job__task", "job__status", "depends_on",
+                    "is_on_complete"))

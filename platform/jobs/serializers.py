@@ -27,7 +27,7 @@ from jobs.catalogue import (
     unknown_task_message,
     validate_params,
 )
-from jobs.models import Batch, Job
+from jobs.models import Batch, Job, Workflow
 from jobs.options import Link, RetryPolicy, SubmitOptions
 from jobs.selectors import batch_failures, batch_progress
 
@@ -262,6 +262,14 @@ def _batch_url(request, name: str, batch: Batch) -> str:
     return request.build_absolute_uri(reverse(f"jobs:{name}", kwargs={"batch_id": batch.id}))
 
 
+def _on_complete(batch: Batch) -> str | None:
+    """The id of the job the batch's ``on_complete`` runs as, if it has one."""
+    if batch.workflow_id is None:
+        return None
+    return str(Workflow.objects.filter(id=batch.workflow_id)
+               .values_list("on_complete_id", flat=True).first() or "") or None
+
+
 def batch_representation(request, batch: Batch) -> dict:
     """A batch as the API shows it (``BatchOutputSerializer`` documents it): its
     record, its progress read from the chunks, and its first failed items."""
@@ -290,6 +298,8 @@ def batch_representation(request, batch: Batch) -> dict:
         "finished_at": progress.finished_at,
         "estimated_completion_at": progress.estimated_completion_at,
         "cancelled_at": batch.cancelled_at,
+        "workflow": str(batch.workflow_id) if batch.workflow_id else None,
+        "on_complete": _on_complete(batch),
         "failures": failures,
         "failures_truncated": more is not None,
         "status_url": _batch_url(request, "batch-detail", batch),
@@ -334,6 +344,10 @@ class BatchOutputSerializer(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
     estimated_completion_at = serializers.DateTimeField(allow_null=True)
     cancelled_at = serializers.DateTimeField(allow_null=True)
+    workflow = serializers.UUIDField(allow_null=True,
+                                     help_text="the workflow running its on_complete")
+    on_complete = serializers.UUIDField(allow_null=True,
+                                        help_text="the job its on_complete runs as")
     failures = BatchFailureSerializer(many=True,
                                       help_text=f"the first {INLINE_FAILURES} failed items")
     failures_truncated = serializers.BooleanField()

@@ -27,6 +27,9 @@ from jobs.models import Job
 from routing import priorities, topology
 
 job_event = Signal()
+#: Sent when a workflow starts (``event="started"``) or finishes (``"finished"``, with
+#: its ``status``); ``kind`` is the workflow's kind (``jobs.models.Workflow.Kind``).
+workflow_event = Signal()
 
 #: Headers ``jobs.publishing`` puts on each message: when the job was submitted
 #: and when it became due (epoch seconds), so a worker can time the wait
@@ -47,6 +50,12 @@ def job_event_send(event: str, *, lane: str, tier: str, task: str, count: int = 
         return
     job_event.send(sender=None, event=event, lane=lane, tier=tier, task=task, count=count,
                    **{k: v for k, v in seconds.items() if v is not None})
+
+
+def workflow_event_send(event: str, *, kind: str, status: str = "") -> None:
+    """Tell observers a workflow of ``kind`` started, or finished with ``status``."""
+    if workflow_event.receivers:
+        workflow_event.send(sender=None, event=event, kind=kind, status=status)
 
 
 def job_events_for(event: str, jobs) -> None:

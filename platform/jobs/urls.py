@@ -16,6 +16,7 @@ from jobs.batch_api import (
     BatchFailuresApi,
     BatchListSubmitApi,
 )
+from jobs.workflow_api import WorkflowCancelApi, WorkflowDetailApi, WorkflowListSubmitApi
 
 app_name = "jobs"
 urlpatterns = [
@@ -29,4 +30,8 @@ urlpatterns = [
     path("batches/<uuid:batch_id>/failures", BatchFailuresApi.as_view(), name="batch-failures"),
     path("batches/<uuid:batch_id>/chunks", BatchChunksApi.as_view(), name="batch-chunks"),
     path("tasks", TaskCatalogueApi.as_view(), name="task-list"),
+    path("workflows", WorkflowListSubmitApi.as_view(), name="workflow-list"),
+    path("workflows/<uuid:workflow_id>", WorkflowDetailApi.as_view(), name="workflow-detail"),
+    path("workflows/<uuid:workflow_id>/cancel", WorkflowCancelApi.as_view(),
+         name="workflow-cancel"),
 ]

@@ -18,11 +18,13 @@ BULK_PATH = "/api/v1/jobs/bulk"
 #: Takes up to 100,000 file ids, like a batch.
 MEDIA_OPERATIONS_PATH = "/api/v1/media/operations"
 MEDIA_UPLOAD_PATH = "/api/v1/media/uploads"
+#: Takes up to 10,000 steps, each with its params.
+WORKFLOW_PATH = "/api/v1/workflows"
 
 
 def body_limit(path: str) -> int:
     path = path.rstrip("/")
-    if path in (BATCH_PATH, BULK_PATH, MEDIA_OPERATIONS_PATH):
+    if path in (BATCH_PATH, BULK_PATH, MEDIA_OPERATIONS_PATH, WORKFLOW_PATH):
         return settings.SWITCHYARD_MAX_BATCH_BODY_BYTES
     if path == MEDIA_UPLOAD_PATH:
         return settings.SWITCHYARD_MEDIA_MAX_UPLOAD_BODY_BYTES

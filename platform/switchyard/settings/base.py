@@ -159,7 +159,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_AUTHENTICATION": [],
     # Jobs and batches both have a `status`, from different sets of values.
     "ENUM_NAME_OVERRIDES": {"JobStatusEnum": "jobs.models.Job.Status",
-                            "BatchStatusEnum": "jobs.serializers.BATCH_STATUSES"},
+                            "BatchStatusEnum": "jobs.serializers.BATCH_STATUSES",
+                            "WorkflowStatusEnum": "jobs.models.Workflow.Status"},
 }
 # Largest request body accepted (bytes); larger is 400 naming the limit
 # (switchyard.middleware). Batches have their own, larger limit.

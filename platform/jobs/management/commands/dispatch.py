@@ -32,6 +32,7 @@ from jobs.dispatch import (
     job_reclaim_unconfirmed,
 )
 from jobs.reconcile import job_reconcile
+from jobs.workflows import workflow_sweep
 
 logger = logging.getLogger(__name__)
 #: Jobs published per pass at most.
@@ -75,6 +76,7 @@ class Command(BaseCommand):
                 try:
                     job_reclaim_unconfirmed()
                     requeued, dead = job_reap_lost()
+                    workflow_sweep()
                 except Exception:
                     logger.exception("scan for lost jobs failed")
                 else:
