@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,21 @@ def test_healthcheck_web_sends_an_allowed_host_and_https(start_role):
     failed = subprocess.run([str(BIN / "healthcheck"), "web"], env=env, capture_output=True,
                             timeout=30)
     assert failed.returncode != 0
+
+
+def _check_compose_schema(path: Path) -> subprocess.CompletedProcess:
+    """The Compose Specification's own JSON schema, as vendored by check-jsonschema."""
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("check-jsonschema")), "--builtin-schema",
+         "vendor.compose-spec", str(path)], capture_output=True, text=True, timeout=120)
+
+
+def test_compose_file_is_valid_against_the_compose_specification(tmp_path: Path):
+    done = _check_compose_schema(REPO / "docker-compose.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The check is real: a misspelled service key fails it.
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(COMPOSE_TEXT.replace("    stop_grace_period: 30s\n",
+                                           "    stop_grace_periode: 30s\n", 1))
+    done = _check_compose_schema(broken)
+    assert done.returncode != 0 and "stop_grace_periode" in done.stdout + done.stderr
