@@ -243,6 +243,10 @@ SWITCHYARD_MEDIA_PURGE_EVERY = float(os.environ.get("SWITCHYARD_MEDIA_PURGE_EVER
 SWITCHYARD_METRICS_DIR = os.environ.get("SWITCHYARD_METRICS_DIR", "")
 # Off: job transitions are not counted (the measured overhead's baseline).
 SWITCHYARD_METRICS_ENABLED = env_bool("SWITCHYARD_METRICS_ENABLED", True)
+# A worker, the dispatcher or beat with SWITCHYARD_METRICS_PORT set serves its own process
+# group's counters and histograms on that port (monitoring/exporter.py), bound to this
+# address; its metrics then live in <SWITCHYARD_METRICS_DIR>/role-<port>, not in the web's.
+SWITCHYARD_METRICS_ADDRESS = os.environ.get("SWITCHYARD_METRICS_ADDRESS") or "0.0.0.0"
 # When set, /metrics answers only to `Authorization: Bearer <token>`.
 SWITCHYARD_METRICS_TOKEN = os.environ.get("SWITCHYARD_METRICS_TOKEN", "")
 # A page of jobs (GET /api/v1/jobs, a batch's chunks) also stops once its jobs' params,

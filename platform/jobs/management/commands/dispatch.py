@@ -32,6 +32,7 @@ from jobs.dispatch import (
     job_reclaim_unconfirmed,
 )
 from jobs.reconcile import job_reconcile
+from jobs.signals import process_started
 
 logger = logging.getLogger(__name__)
 #: Jobs published per pass at most.
@@ -68,6 +69,8 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        if not once:
+            process_started.send(sender=self.__class__, role="dispatcher")
         while not stopping:
             close_old_connections()
             if time.monotonic() >= next_reap:
