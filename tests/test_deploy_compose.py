@@ -70,8 +70,9 @@ def test_images_are_pinned_to_a_release_never_latest():
         image = service["image"]
         assert ":" in image and not image.endswith(":latest"), name
         if image != APP_IMAGE:
-            # A release, never a floating major: PostgreSQL's 17.6 is its patch release.
-            assert re.search(r":\d+\.\d+", image), f"{name}: pin a release ({image})"
+            # A release, never a floating major: PostgreSQL's 17.6 is its patch release
+            # (Prometheus spells its releases with a v: v2.53.0).
+            assert re.search(r":v?\d+\.\d+", image), f"{name}: pin a release ({image})"
     assert re.match(r"rabbitmq:4\.\d+\.\d+-management$", SERVICES["rabbitmq"]["image"])
     bases = re.findall(r"^FROM\s+(\S+)", DOCKERFILE, re.M)
     assert bases and all(re.fullmatch(r"python:3\.11\.\d+-slim-\w+", b) for b in bases)

@@ -82,3 +82,30 @@ def test_without_the_variable_no_role_opens_a_port(start_role, management, tmp_p
     log = worker.log()
     assert "metrics on http" not in log
     assert not (tmp_path / "metrics").exists()
+
+
+def test_a_web_without_a_metrics_directory_sums_its_gunicorn_workers(start_role):
+    # Given a web of two gunicorn workers started with no SWITCHYARD_METRICS_DIR
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tenants.services import tenant_create
+    from tests.test_api_e2e import _http
+    from tests.test_metrics_workload import Web
+
+    port = free_port()
+    role = start_role("web", WEB_BIND=f"127.0.0.1:{port}", WEB_WORKERS="2",
+                      SWITCHYARD_METRICS_DIR="")
+    wait_until(lambda: _http(f"http://127.0.0.1:{port}/healthz") == 200, 60, "web",
+               roles=[role])
+    web = Web(port)
+    _, key = tenant_create(name="acme", tier="premium")
+
+    # When 24 jobs are submitted four at a time (so both workers take some)
+    body = {"task": "demo.quick_task", "params": {"x": 1}}
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: web.submit(key, body), range(24)))
+
+    # Then every scrape, whichever worker answers it, counts all 24
+    labels = (("lane", "quick"), ("task", "demo.quick_task"), ("tier", "premium"))
+    for _ in range(6):
+        assert web.metrics()[("switchyard_jobs_submitted_total", labels)] == 24
