@@ -18,6 +18,7 @@ from routing import access as _access
 from routing import topology as _topology
 from routing.management import DEFAULT_BROKER_URL
 from routing.topology import DEFAULT_CONSUMER_TIMEOUT_MS
+from switchyard import logs as _logs
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -261,13 +262,12 @@ SWITCHYARD_METRICS_CACHE_SECONDS = float(os.environ.get("SWITCHYARD_METRICS_CACH
 # Seconds between the dashboard's refreshes.
 SWITCHYARD_DASHBOARD_REFRESH = env_int("SWITCHYARD_DASHBOARD_REFRESH", 5)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("SWITCHYARD_LOG_LEVEL", "INFO")},
-}
+# "text" (readable, the default) or "json": one JSON object a line, each line about a job
+# with its job_id, tenant, lane, tier and task (switchyard/logs.py, docs/monitoring.md#logs).
+SWITCHYARD_LOG_FORMAT = (os.environ.get("SWITCHYARD_LOG_FORMAT") or "text").strip().lower()
+LOGGING_CONFIG = "switchyard.logs.configure"
+LOGGING = _logs.logging_config(log_format=SWITCHYARD_LOG_FORMAT,
+                               level=os.environ.get("SWITCHYARD_LOG_LEVEL", "INFO"))
 
 # Celery ---------------------------------------------------------------------------------
 # Read by switchyard/celery.py through config_from_object(namespace="CELERY").
