@@ -113,6 +113,11 @@ def test_every_expression_names_only_exported_metrics(exported):
             used = metric_names(as_prometheus_sees_it(expr))
             assert used, (where, expr)
             assert used <= exported, (where, sorted(used - exported), expr)
+    # The variables' values come from an exported metric too.
+    for variable in DASHBOARD["templating"]["list"]:
+        (metric,) = re.fullmatch(r"label_values\((\w+), \w+\)",
+                                 variable["query"]["query"]).groups()
+        assert metric in exported, variable["name"]
     # The scrape did see the histograms and the per-tenant gauge the dashboard reads.
     assert {"switchyard_job_queue_wait_seconds_bucket", "switchyard_lane_tenant_share",
             "switchyard_dead_letter_messages"} <= exported
