@@ -5,6 +5,7 @@ scraped over HTTP as Prometheus would.
 from __future__ import annotations
 
 import re
+import socket
 import urllib.request
 from pathlib import Path
 
@@ -109,3 +110,17 @@ def test_a_web_without_a_metrics_directory_sums_its_gunicorn_workers(start_role)
     labels = (("lane", "quick"), ("task", "demo.quick_task"), ("tier", "premium"))
     for _ in range(6):
         assert web.metrics()[("switchyard_jobs_submitted_total", labels)] == 24
+
+
+def test_a_worker_whose_metrics_port_is_taken_stops_saying_so(start_role):
+    # Given the port already held by another process on the host
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        worker = start_role("worker", "quick", SWITCHYARD_METRICS_PORT=str(port),
+                            SWITCHYARD_METRICS_ADDRESS="127.0.0.1")
+        # Then the worker exits, naming the port, rather than run with no metrics
+        wait_until(lambda: worker.proc.poll() is not None, 60, "the worker to exit")
+    assert worker.proc.returncode != 0
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in worker.log()

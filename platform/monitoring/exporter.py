@@ -66,15 +66,23 @@ def serve(role: str) -> Any | None:
 
     Returns the HTTP server, or None when no port is set. An unusable port stops the
     role: a worker that silently exports nothing would look idle on every dashboard."""
-    port_number = port()
+    try:
+        port_number = port()
+    except ValueError as exc:
+        raise SystemExit(f"{role}: {exc}") from None
     if port_number is None:
         return None
     directory = group_directory(settings.SWITCHYARD_METRICS_DIR, port_number)
     shutil.rmtree(directory, ignore_errors=True)
     metrics.configure(directory)
     address = settings.SWITCHYARD_METRICS_ADDRESS
-    server, _thread = start_http_server(port_number, addr=address,
-                                        registry=registry_of(directory))
+    try:
+        server, _thread = start_http_server(port_number, addr=address,
+                                            registry=registry_of(directory))
+    except OSError as exc:
+        # SystemExit, not an exception: Celery's signal dispatch would log one and go on.
+        raise SystemExit(f"{role}: cannot serve metrics on {address}:{port_number} "
+                         f"({PORT_VARIABLE}): {exc}") from None
     logger.info("%s: metrics on http://%s:%d/metrics (recorded in %s)", role, address,
                 port_number, directory)
     return server
