@@ -127,3 +127,42 @@ def test_a_worker_logs_readable_text_by_default(start_role, management, tmp_path
     assert f"demo.quick_task[{ok.id}] succeeded" in text
     assert "Traceback (most recent call last)" in text
     assert not any(line.startswith("{") for line in text.splitlines())
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.workers
+def test_web_dispatcher_beat_and_flower_write_only_json_lines(start_role, settings):
+    from tests.test_api_e2e import _http
+    from tests.test_platform import free_port, http_status
+
+    web_port, flower_port = free_port(), free_port()
+    json_logs = {"SWITCHYARD_LOG_FORMAT": "json", "SWITCHYARD_LOG_LEVEL": "INFO"}
+    roles = [
+        start_role("web", WEB_BIND=f"127.0.0.1:{web_port}", WEB_WORKERS="1", **json_logs),
+        start_role("dispatcher", **json_logs),
+        start_role("beat", SWITCHYARD_VAR_DIR=str(settings.VAR_DIR), **json_logs),
+        start_role("flower", FLOWER_PORT=str(flower_port),
+                   FLOWER_BASIC_AUTH="ops:s3cret-for-this-test", **json_logs),
+    ]
+    wait_until(lambda: _http(f"http://127.0.0.1:{web_port}/healthz") == 200, 60, "web",
+               roles=roles)
+    wait_until(lambda: http_status(f"http://127.0.0.1:{flower_port}/") == 401, 60, "Flower",
+               roles=roles)
+    # A job due in a second: the dispatcher publishes it, and says so
+    from jobs.options import SubmitOptions
+
+    tenant = Tenant.objects.create(name="acme", tier="premium")
+    job, _ = job_submit(tenant=tenant, task="demo.quick_task",
+                        options=SubmitOptions(countdown=1))
+    wait_until(lambda: "published 1 due job" in roles[1].log_path.read_text(), 30,
+               "the dispatcher to publish the job", roles=roles)
+    for role in roles:
+        role.stop()
+    for role in roles:
+        lines = [line for line in role.log_path.read_text().splitlines() if line.strip()]
+        assert lines, role.name
+        for line in lines:
+            record = json.loads(line)  # fails on any line that is not JSON
+            assert {"time", "level", "logger", "message"} <= set(record), (role.name, line)
+    web_lines = roles[0].log_path.read_text()
+    assert '"logger": "gunicorn.access"' in web_lines and "/healthz" in web_lines
