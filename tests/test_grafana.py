@@ -216,12 +216,14 @@ def test_grafana_and_prometheus_are_wired_into_compose():
     assert jobs["switchyard-web"]["authorization"]["credentials_file"] == f"/run/secrets/{secret}"
     assert jobs["switchyard-web"]["static_configs"][0]["targets"] == [
         SERVICES["web"]["environment"]["WEB_BIND"].replace("0.0.0.0", "web")]
-    targets = {t for c in jobs["switchyard-roles"]["static_configs"] for t in c["targets"]}
+    # (found by DNS, so each container of a scaled service is a target of its own)
+    (discovery,) = jobs["switchyard-roles"]["dns_sd_configs"]
     with_port = {name for name, s in SERVICES.items()
                  if "SWITCHYARD_METRICS_PORT" in (s.get("environment") or {})}
     assert with_port == {"dispatcher", "beat", "worker-slow", "worker-quick"}
-    assert targets == {f"{name}:{SERVICES[name]['environment']['SWITCHYARD_METRICS_PORT']}"
-                       for name in with_port}
+    assert discovery["type"] == "A" and set(discovery["names"]) == with_port
+    assert {SERVICES[name]["environment"]["SWITCHYARD_METRICS_PORT"] for name in with_port} == {
+        str(discovery["port"])}
     assert PROMETHEUS_CONFIG["rule_files"] == ["/etc/prometheus/alerts.yml"]
 
 
