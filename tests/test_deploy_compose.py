@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,8 +70,9 @@ def test_images_are_pinned_to_a_release_never_latest():
         image = service["image"]
         assert ":" in image and not image.endswith(":latest"), name
         if image != APP_IMAGE:
-            # A release, never a floating major: PostgreSQL's 17.6 is its patch release.
-            assert re.search(r":\d+\.\d+", image), f"{name}: pin a release ({image})"
+            # A release, never a floating major: PostgreSQL's 17.6 is its patch release
+            # (Prometheus spells its releases with a v: v2.53.0).
+            assert re.search(r":v?\d+\.\d+", image), f"{name}: pin a release ({image})"
     assert re.match(r"rabbitmq:4\.\d+\.\d+-management$", SERVICES["rabbitmq"]["image"])
     bases = re.findall(r"^FROM\s+(\S+)", DOCKERFILE, re.M)
     assert bases and all(re.fullmatch(r"python:3\.11\.\d+-slim-\w+", b) for b in bases)
@@ -261,3 +263,21 @@ def test_healthcheck_web_sends_an_allowed_host_and_https(start_role):
     failed = subprocess.run([str(BIN / "healthcheck"), "web"], env=env, capture_output=True,
                             timeout=30)
     assert failed.returncode != 0
+
+
+def _check_compose_schema(path: Path) -> subprocess.CompletedProcess:
+    """The Compose Specification's own JSON schema, as vendored by check-jsonschema."""
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("check-jsonschema")), "--builtin-schema",
+         "vendor.compose-spec", str(path)], capture_output=True, text=True, timeout=120)
+
+
+def test_compose_file_is_valid_against_the_compose_specification(tmp_path: Path):
+    done = _check_compose_schema(REPO / "docker-compose.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The check is real: a misspelled service key fails it.
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(COMPOSE_TEXT.replace("    stop_grace_period: 30s\n",
+                                           "    stop_grace_periode: 30s\n", 1))
+    done = _check_compose_schema(broken)
+    assert done.returncode != 0 and "stop_grace_periode" in done.stdout + done.stderr

@@ -338,3 +338,19 @@ def test_config_names_only_variables_switchyard_reads_and_probes_use_an_allowed_
     for probe in ("readinessProbe", "livenessProbe"):
         headers = {h["name"]: h["value"] for h in web[probe]["httpGet"]["httpHeaders"]}
         assert headers["Host"] in allowed and headers["X-Forwarded-Proto"] == "https"
+
+
+def test_workers_dispatcher_and_beat_are_scraped_on_their_own_metrics_port():
+    # Each of these pods serves its process group's metrics (monitoring/exporter.py) on the
+    # port SWITCHYARD_METRICS_PORT names; the annotations point Prometheus at that port.
+    for name in ("dispatcher", "beat", *(f"worker-{ln.name}" for ln in topology.LANES)):
+        template = DEPLOYMENTS[name]["spec"]["template"]
+        container = template["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        port = env["SWITCHYARD_METRICS_PORT"]
+        annotations = template["metadata"]["annotations"]
+        assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": port,
+                               "prometheus.io/path": "/metrics"}, name
+        assert {"name": "metrics", "containerPort": int(port)} in container["ports"], name
+    # The web serves its own /metrics behind the bearer token: no open annotation for it.
+    assert "annotations" not in DEPLOYMENTS["web"]["spec"]["template"]["metadata"]

@@ -313,3 +313,23 @@ def test_each_lane_shows_its_top_tenants_share_and_the_rest_as_others(client, no
     assert tenant_series == {"t0", "t1", "t2", "t3", "t4", "(others)"}
     assert value(text, "switchyard_lane_tenant_share", lane="slow", tenant="t0") == round(
         8 / total, 4)
+
+
+@pytest.mark.parametrize(("plain_http", "metrics", "api"), [
+    (None, 301, 301),      # production: everything over http is redirected to https
+    ("true", 401, 301),    # compose's web: /metrics answered (here: wrong token), the rest not
+])
+def test_a_scraper_inside_the_network_may_ask_for_metrics_over_plain_http(plain_http, metrics,
+                                                                          api):
+    import secrets
+
+    from tests.test_security import manage, production_env
+
+    env = production_env(DJANGO_ALLOWED_HOSTS="web", SWITCHYARD_METRICS_PLAIN_HTTP=plain_http,
+                         SWITCHYARD_METRICS_TOKEN=secrets.token_urlsafe(24))
+    code = ("from django.test import Client; c = Client(HTTP_HOST='web'); "
+            "print(c.get('/metrics', HTTP_AUTHORIZATION='Bearer wrong').status_code, "
+            "c.get('/api/v1/jobs').status_code)")
+    result = manage("shell", "-c", code, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == [str(metrics), str(api)]

@@ -58,6 +58,7 @@ from jobs.senders import Sender
 from jobs.signals import job_events_for
 from routing import priorities, topology
 from switchyard.clock import platform_now
+from switchyard.logs import job_fields
 from tenants.models import Tenant
 from tenants.selectors import tenant_by_name
 
@@ -143,7 +144,8 @@ def job_admit_native(*, task, task_id: str, args, kwargs, sender: Sender) -> dic
         # Due later: the dispatcher publishes it then; nothing waits in a worker.
         job.published_at = None
         _save_first_sight(job)
-        logger.info("native job %s recorded to run at %s", task_id, job.run_at.isoformat())
+        logger.info("native job %s recorded to run at %s", task_id, job.run_at.isoformat(),
+                    extra=job_fields(job))
         return None
     if in_band:
         return job.params if _save_first_sight(job) else None
@@ -151,7 +153,8 @@ def job_admit_native(*, task, task_id: str, args, kwargs, sender: Sender) -> dic
     if not _save_first_sight(job):
         return None  # another delivery of the same id got here first
     logger.info("native job %s claimed %s priority %s; re-published as %s priority %s",
-                task_id, received, claimed, job.routing_key, job.priority)
+                task_id, received, claimed, job.routing_key, job.priority,
+                extra=job_fields(job))
     publish_job(job)
     return None
 
@@ -261,7 +264,7 @@ def _dead(job: Job, reason: str, now: dt.datetime) -> None:
     job.status, job.error, job.finished_at = Job.Status.DEAD, reason[:5000], now
     job.run_at = None
     _save_first_sight(job)
-    logger.warning("dead-lettering native job %s: %s", job.id, reason)
+    logger.warning("dead-lettering native job %s: %s", job.id, reason, extra=job_fields(job))
     raise Reject(reason, requeue=False)
 
 

@@ -10,7 +10,7 @@ class JobsConfig(AppConfig):
     def ready(self) -> None:
         from django.utils.module_loading import autodiscover_modules
 
-        from jobs import task  # noqa: F401 - connects the worker-side recorders
+        from jobs import log_context, task  # noqa: F401 - connect the worker-side recorders
 
         # Import every app's tasks module now, in every process (web included):
         # submitting a job needs each task's declared lane.

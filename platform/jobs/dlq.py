@@ -34,6 +34,7 @@ from jobs.models import Job
 from jobs.publishing import publish_job
 from routing import topology
 from routing.broker import connect
+from switchyard.logs import job_fields
 from switchyard.worker import REASON_HEADER
 
 logger = logging.getLogger(__name__)
@@ -244,7 +245,7 @@ def job_replay(*, job: Job, source: str) -> Job | None:
         publish_job(job)
     except Exception as exc:  # the dispatcher publishes unpublished queued jobs
         logger.warning("job %s replayed but not yet published (%s); the dispatcher will",
-                       job.id, exc)
+                       job.id, exc, extra=job_fields(job))
     return job
 
 

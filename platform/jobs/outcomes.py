@@ -25,6 +25,7 @@ from jobs.signals import job_events_for
 from jobs.submission import new_job
 from jobs.workflows import step_ended
 from switchyard.clock import platform_now
+from switchyard.logs import job_fields
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def _submit_followup(parent: Job, spec: Mapping[str, Any], *, passed: Any) -> Jo
         child = new_job(tenant=parent.tenant, task=spec["task"], params=params,
                         priority=None, absolute_priority=parent.priority, now=platform_now())
     except UnknownTask:  # unregistered since the parent was accepted
-        logger.error("job %s: linked task %r is no longer registered", parent.id, spec["task"])
+        logger.error("job %s: linked task %r is no longer registered", parent.id, spec["task"],
+                     extra=job_fields(parent))
         return None
     child.parent = parent
     child.save(force_insert=True)

@@ -33,6 +33,7 @@ from routing import wire
 from switchyard.amqp import Unroutable
 from switchyard.celery import app
 from switchyard.database import DATABASE_UNAVAILABLE
+from switchyard.logs import job_fields
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,8 @@ def publish_or_defer(job: Job) -> None:
         publish_job(job)
     except Exception as exc:  # the dispatcher publishes it after PUBLISH_GRACE
         _count_if_returned(job, exc)
-        logger.warning("job %s recorded but not yet published (%s)", job.id, exc)
+        logger.warning("job %s recorded but not yet published (%s)", job.id, exc,
+                       extra=job_fields(job))
 
 
 #: One thread publishes for the web, so a request can stop waiting for a broker
@@ -209,7 +211,8 @@ def publish_after_commit(job: Job) -> None:
     with _last_publish_lock:
         if _publisher_stuck(deadline):
             logger.warning("job %s accepted; the broker has not confirmed an earlier publish "
-                           "for over %.1f s, the dispatcher will publish it", job.id, deadline)
+                           "for over %.1f s, the dispatcher will publish it", job.id, deadline,
+                           extra=job_fields(job))
             return
         job.publications += 1
         options = {"retry": True, "confirm_timeout": deadline / 2, "timeout": deadline / 2,
@@ -221,12 +224,13 @@ def publish_after_commit(job: Job) -> None:
         future.result(timeout=deadline)
     except FutureTimeout:
         logger.warning("job %s accepted; the broker did not confirm within %.1f s (blocked "
-                       "or slow), the dispatcher will publish it", job.id, deadline)
+                       "or slow), the dispatcher will publish it", job.id, deadline,
+                       extra=job_fields(job))
         return
     except Exception as exc:  # broker down, refusing or returning: the dispatcher will retry
         _count_if_returned(job, exc)
         logger.warning("job %s accepted but not yet published (%s); the dispatcher will "
-                       "publish it", job.id, exc)
+                       "publish it", job.id, exc, extra=job_fields(job))
         return
     try:
         _mark_published(job)
@@ -235,4 +239,5 @@ def publish_after_commit(job: Job) -> None:
         # (a 503 would have the client submit it again). Left unmarked, the dispatcher
         # publishes it once more after PUBLISH_GRACE; the worker runs one copy.
         logger.warning("job %s accepted and published, not marked so (%s); the dispatcher "
-                       "will publish it again", job.id, exc)
+                       "will publish it again", job.id, exc,
+                       extra=job_fields(job))

@@ -30,6 +30,10 @@ job_event = Signal()
 #: Sent when a workflow starts (``event="started"``) or finishes (``"finished"``, with
 #: its ``status``); ``kind`` is the workflow's kind (``jobs.models.Workflow.Kind``).
 workflow_event = Signal()
+#: Sent by a long-running role's main process as it starts, before any job event
+#: (``role``: "dispatcher"), so observers can set up what the whole process needs
+#: (``monitoring.exporter`` serves its metrics port).
+process_started = Signal()
 
 #: Headers ``jobs.publishing`` puts on each message: when the job was submitted
 #: and when it became due (epoch seconds), so a worker can time the wait

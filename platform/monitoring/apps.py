@@ -10,8 +10,9 @@ class MonitoringConfig(AppConfig):
     def ready(self) -> None:
         from django.conf import settings
 
-        from monitoring import metrics
+        from monitoring import exporter, metrics
 
         metrics.configure(settings.SWITCHYARD_METRICS_DIR)
         if settings.SWITCHYARD_METRICS_ENABLED:
             metrics.connect()
+            exporter.connect()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import signal
 import sys
@@ -159,6 +160,12 @@ def main(argv: list[str] | None = None) -> None:
     command.apply_options("flower", argv)
     command.extract_settings()
     command.setup_logging()
+    # Tornado's pretty logging may have put a handler of its own on the root logger.
+    from django.conf import settings
+
+    from switchyard import logs
+
+    logs.adopt_handlers(logging.getLogger(), settings.SWITCHYARD_LOG_FORMAT)
     flower_app = app_class(capp=app, options=options, **flower_settings)
     atexit.register(flower_app.stop)
     signal.signal(signal.SIGTERM, command.sigterm_handler)

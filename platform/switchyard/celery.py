@@ -18,11 +18,13 @@ import sys
 import time
 
 from celery import Celery, signals
+from celery.utils.log import get_multiprocessing_logger
 from django.conf import settings
 from django.db import close_old_connections
 
 import routing.celery_config as routing_celery
 from routing import topology
+from switchyard import logs
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "switchyard.settings.base")
 
@@ -44,6 +46,17 @@ def _lane_of(name: str) -> str | None:
 
 app.conf.task_routes = (routing_celery.make_router(_lane_of),)
 app.autodiscover_tasks()
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _log_format(logger=None, **_):
+    # Workers and beat log through the handlers Celery installs (it takes over the root
+    # logger): with SWITCHYARD_LOG_FORMAT=json they write JSON lines too (switchyard/logs.py).
+    # The pool's own logger (billiard's: "process exited") gets handlers of its own.
+    for each in (logger, get_multiprocessing_logger()):
+        if each is not None:
+            logs.adopt_handlers(each, settings.SWITCHYARD_LOG_FORMAT)
 
 
 _connections_checked = 0.0

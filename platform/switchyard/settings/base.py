@@ -18,6 +18,7 @@ from routing import access as _access
 from routing import topology as _topology
 from routing.management import DEFAULT_BROKER_URL
 from routing.topology import DEFAULT_CONSUMER_TIMEOUT_MS
+from switchyard import logs as _logs
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -244,6 +245,10 @@ SWITCHYARD_MEDIA_PURGE_EVERY = float(os.environ.get("SWITCHYARD_MEDIA_PURGE_EVER
 SWITCHYARD_METRICS_DIR = os.environ.get("SWITCHYARD_METRICS_DIR", "")
 # Off: job transitions are not counted (the measured overhead's baseline).
 SWITCHYARD_METRICS_ENABLED = env_bool("SWITCHYARD_METRICS_ENABLED", True)
+# A worker, the dispatcher or beat with SWITCHYARD_METRICS_PORT set serves its own process
+# group's counters and histograms on that port (monitoring/exporter.py), bound to this
+# address; its metrics then live in <SWITCHYARD_METRICS_DIR>/role-<port>, not in the web's.
+SWITCHYARD_METRICS_ADDRESS = os.environ.get("SWITCHYARD_METRICS_ADDRESS") or "0.0.0.0"
 # When set, /metrics answers only to `Authorization: Bearer <token>`.
 SWITCHYARD_METRICS_TOKEN = os.environ.get("SWITCHYARD_METRICS_TOKEN", "")
 # A page of jobs (GET /api/v1/jobs, a batch's chunks) also stops once its jobs' params,
@@ -258,13 +263,12 @@ SWITCHYARD_METRICS_CACHE_SECONDS = float(os.environ.get("SWITCHYARD_METRICS_CACH
 # Seconds between the dashboard's refreshes.
 SWITCHYARD_DASHBOARD_REFRESH = env_int("SWITCHYARD_DASHBOARD_REFRESH", 5)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("SWITCHYARD_LOG_LEVEL", "INFO")},
-}
+# "text" (readable, the default) or "json": one JSON object a line, each line about a job
+# with its job_id, tenant, lane, tier and task (switchyard/logs.py, docs/monitoring.md#logs).
+SWITCHYARD_LOG_FORMAT = (os.environ.get("SWITCHYARD_LOG_FORMAT") or "text").strip().lower()
+LOGGING_CONFIG = "switchyard.logs.configure"
+LOGGING = _logs.logging_config(log_format=SWITCHYARD_LOG_FORMAT,
+                               level=os.environ.get("SWITCHYARD_LOG_LEVEL", "INFO"))
 
 # Celery ---------------------------------------------------------------------------------
 # Read by switchyard/celery.py through config_from_object(namespace="CELERY").

@@ -46,6 +46,11 @@ INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "demo"]
 DEBUG = False
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+# A Prometheus inside the deployment's own network (docker-compose.yml's) scrapes /metrics
+# over plain http, still with the bearer token. Off by default: where no proxy in front
+# redirects to https, the token would travel in clear.
+if env_bool("SWITCHYARD_METRICS_PLAIN_HTTP", False):
+    SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS", "31536000"))

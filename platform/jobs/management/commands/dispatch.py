@@ -32,6 +32,7 @@ from jobs.dispatch import (
     job_reclaim_unconfirmed,
 )
 from jobs.reconcile import job_reconcile
+from jobs.signals import process_started
 from jobs.workflows import workflow_sweep
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        if not once:
+            process_started.send(sender=self.__class__, role="dispatcher")
         while not stopping:
             close_old_connections()
             if time.monotonic() >= next_reap:
