@@ -21,7 +21,7 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from prometheus_client import multiprocess as prom_multiprocess
 
-from jobs.signals import job_event
+from jobs.signals import job_event, workflow_event
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,16 @@ HISTOGRAMS: dict[str, Histogram] = {
 }
 
 
+#: Workflows (``jobs.workflows``): labelled by kind (steps, chain, chord, batch) and, once
+#: finished, outcome; never by tenant.
+WORKFLOWS_STARTED = Counter("switchyard_workflows_started",
+                            "Workflows accepted (REST, Celery chains and chords, batches with "
+                            "an on_complete).", ["kind"])
+WORKFLOWS_FINISHED = Counter("switchyard_workflows_finished",
+                             "Workflows finished, by outcome (succeeded, failed, cancelled).",
+                             ["kind", "status"])
+
+
 def multiprocess_dir() -> str | None:
     """The directory every process of this host records into, or None."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
@@ -109,12 +119,26 @@ def on_job_event(sender=None, event: str = "", lane: str = "", tier: str = "", t
         logger.exception("could not record job event %s", event)
 
 
+def on_workflow_event(sender=None, event: str = "", kind: str = "", status: str = "",
+                      **_) -> None:
+    """Receiver of ``jobs.signals.workflow_event``."""
+    try:
+        if event == "started":
+            WORKFLOWS_STARTED.labels(kind).inc()
+        elif event == "finished":
+            WORKFLOWS_FINISHED.labels(kind, status).inc()
+    except Exception:  # metrics must never fail a workflow's transition
+        logger.exception("could not record workflow event %s", event)
+
+
 def connect() -> None:
     job_event.connect(on_job_event, dispatch_uid="monitoring.metrics")
+    workflow_event.connect(on_workflow_event, dispatch_uid="monitoring.metrics.workflows")
 
 
 def disconnect() -> None:
     job_event.disconnect(dispatch_uid="monitoring.metrics")
+    workflow_event.disconnect(dispatch_uid="monitoring.metrics.workflows")
 
 
 def recorded_registry() -> CollectorRegistry:
@@ -125,6 +149,7 @@ def recorded_registry() -> CollectorRegistry:
     if directory:
         prom_multiprocess.MultiProcessCollector(registry, path=directory)
     else:
-        for metric in (*COUNTERS.values(), *HISTOGRAMS.values()):
+        for metric in (*COUNTERS.values(), *HISTOGRAMS.values(), WORKFLOWS_STARTED,
+                       WORKFLOWS_FINISHED):
             registry.register(metric)
     return registry
