@@ -16,6 +16,7 @@ from django.conf import settings
 from hypothesis import settings as hypothesis_settings
 
 from routing.management import Management, ManagementError
+from tests.browser_support import browser, offline_browser  # noqa: F401 - fixtures
 from tests.skip_policy import (  # noqa: F401 - pytest's hooks, taken by this conftest
     pytest_runtest_makereport,
     pytest_terminal_summary,
