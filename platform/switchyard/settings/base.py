@@ -59,11 +59,14 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    # Swagger UI and Redoc as pinned static files, served by the platform (never a CDN).
+    "drf_spectacular_sidecar",
     "tenants",
     "jobs",
     "media",
     *(["demo"] if SWITCHYARD_DEMO_TASKS else []),
     "monitoring",
+    "home",
 ]
 
 MIDDLEWARE = [
@@ -160,6 +163,12 @@ SPECTACULAR_SETTINGS = {
     # Jobs and batches both have a `status`, from different sets of values.
     "ENUM_NAME_OVERRIDES": {"JobStatusEnum": "jobs.models.Job.Status",
                             "BatchStatusEnum": "jobs.serializers.BATCH_STATUSES"},
+    # /api/docs/ (Swagger UI) and /api/redoc/ load their scripts from drf-spectacular-sidecar's
+    # static files (pinned in requirements.txt), never from a CDN: the docs work offline and
+    # show the version that was tested. https://drf-spectacular.readthedocs.io/en/latest/settings.html
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 # Largest request body accepted (bytes); larger is 400 naming the limit
 # (switchyard.middleware). Batches have their own, larger limit.
