@@ -1,6 +1,7 @@
 """The platform's own pages in a real headless Chromium that can reach nothing but this
 machine: the API docs (Swagger UI and Redoc, from vendored static files) render every
-operation of the schema.
+operation of the schema, and the landing page renders its health (screenshot:
+``var/screenshots/landing.png``).
 
 The web is the real role (gunicorn, whitenoise serving ``collectstatic``'s output), as
 ``make run`` and the image serve it. The browser: tests/browser_support.py.
@@ -115,3 +116,30 @@ def test_swagger_ui_and_redoc_render_every_operation_offline(offline_browser, we
     driver.save_screenshot(str(SCREENSHOTS / "api-docs-redoc.png"))
     # Redoc's sidebar names a logo on Redocly's CDN: the page's policy keeps it unfetched.
     assert assert_only_local(driver, web) == ["https://cdn.redoc.ly/redoc/logo-mini.svg"]
+
+
+def test_the_landing_page_renders_health_and_links(offline_browser, web, lanes_empty):
+    from selenium.webdriver.common.by import By
+
+    driver = offline_browser
+    driver.get(f"{web}/")
+    assert driver.find_element(By.TAG_NAME, "h1").text == "Switchyard"
+    checks = {row.get_attribute("id"): row.text
+              for row in driver.find_elements(By.CSS_SELECTOR, "#checks tr")}
+    assert checks == {"check-broker": "broker reachable",
+                      "check-management-api": "management API reachable",
+                      "check-database": "database reachable"}
+    lanes = [row.get_attribute("id") for row in driver.find_elements(By.CSS_SELECTOR,
+                                                                      "#lanes tbody tr")]
+    assert lanes == ["lane-slow", "lane-quick"]
+    links = {a.get_attribute("id"): a.get_attribute("href")
+             for a in driver.find_elements(By.CSS_SELECTOR, "#links a[id]")}
+    assert links["link-api-docs"] == f"{web}/api/docs/"
+    assert links["link-flower"].endswith(":5555/")
+    driver.find_element(By.ID, "link-runbooks").click()
+    wait_until(lambda: driver.current_url == f"{web}/runbooks/", 10, "the runbooks page")
+    driver.back()
+    wait_until(lambda: driver.find_elements(By.ID, "health"), 10, "the landing page again")
+    driver.save_screenshot(str(SCREENSHOTS / "landing.png"))
+    assert (SCREENSHOTS / "landing.png").stat().st_size > 10_000
+    assert_only_local(driver, web)

@@ -15,6 +15,7 @@ from switchyard.views import healthz
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("", include("home.urls")),
     path("", include("monitoring.urls")),
     path("api/v1/", include("jobs.urls")),
     path("api/v1/media/", include("media.urls")),

@@ -266,6 +266,18 @@ SWITCHYARD_METRICS_CACHE_SECONDS = float(os.environ.get("SWITCHYARD_METRICS_CACH
 # Seconds between the dashboard's refreshes.
 SWITCHYARD_DASHBOARD_REFRESH = env_int("SWITCHYARD_DASHBOARD_REFRESH", 5)
 
+# The landing page at / (platform/home). Anyone may load it: its checks (database, an AMQP
+# connection, the lane queues from the management API) run at most once per this many
+# seconds per process, however often it is loaded.
+SWITCHYARD_HOME_HEALTH_SECONDS = float(os.environ.get("SWITCHYARD_HOME_HEALTH_SECONDS") or 5)
+# Where the landing page sends people for Flower; unset, Flower's port (FLOWER_PORT, as
+# switchyard/flowerconfig.py reads it) on the host the page was loaded from.
+SWITCHYARD_FLOWER_URL = os.environ.get("SWITCHYARD_FLOWER_URL", "")
+SWITCHYARD_FLOWER_PORT = env_int("FLOWER_PORT", 5555)
+# The runbooks the platform serves at /runbooks/: docs/runbooks/ of the checkout or image.
+SWITCHYARD_RUNBOOKS_DIR = Path(os.environ.get("SWITCHYARD_RUNBOOKS_DIR")
+                               or REPO_DIR / "docs" / "runbooks")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
