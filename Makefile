@@ -68,7 +68,7 @@ migrate: setup
 METRICS_DIR := $(CURDIR)/var/metrics
 
 run: setup services .env topology migrate
-	@echo "Switchyard: web http://127.0.0.1:8000 (dashboard /dashboard/, metrics /metrics)  Flower http://127.0.0.1:5555 (login in .env)"
+	@echo "Switchyard: http://127.0.0.1:8000/ (health, links; dashboard /dashboard/, API docs /api/docs/, metrics /metrics)  Flower http://127.0.0.1:5555 (login in .env)"
 	rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
 	SWITCHYARD_METRICS_DIR=$(METRICS_DIR) exec $(BIN)/honcho start --procfile Procfile --env .env
 
