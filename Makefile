@@ -67,7 +67,7 @@ migrate: setup
 # (docs/monitoring.md); .env may point it elsewhere.
 METRICS_DIR := $(CURDIR)/var/metrics
 
-run: setup services .env topology migrate
+run: services setup .env topology migrate
 	@echo "Switchyard: http://127.0.0.1:8000/ (health, links; dashboard /dashboard/, API docs /api/docs/, metrics /metrics)  Flower http://127.0.0.1:5555 (login in .env)"
 	rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
 	SWITCHYARD_METRICS_DIR=$(METRICS_DIR) exec $(BIN)/honcho start --procfile Procfile --env .env
@@ -77,8 +77,10 @@ LINT = $(BIN)/ruff check routing platform client tests tools bench
 lint: setup
 	$(LINT)
 
-test: setup
+# The machine first: a missing package stops the run before minutes of pip install.
+test:
 	@$(LOCAL_SERVICES) test
+	@$(MAKE) --no-print-directory setup
 	$(LINT)
 	$(PY) -m pytest --durations=25
 

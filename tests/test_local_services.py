@@ -303,7 +303,8 @@ def test_make_test_sets_up_first_then_lints_and_tests_as_ci(fake_make_env):
     assert calls[2].startswith("python CI=true -m pytest")
 
 
-def test_make_test_stops_when_the_set_up_fails(fake_make_env):
+def test_make_test_stops_when_the_set_up_fails_before_installing_anything(fake_make_env):
+    Path(fake_make_env["VENV"], ".installed").unlink()  # make would create the virtualenv
     returncode, calls = _make_test(fake_make_env, 1)
     assert returncode != 0
     assert calls == ["services test"]
