@@ -160,6 +160,7 @@ def test_a_stopped_postgresql_starts_the_cluster_of_the_database_urls_port(machi
     assert machine.actions() == ["pg_ctlcluster --skip-systemctl-redirect 15 main start"]
     machine.clear("pg-up", "calls")
     done = machine.run(DATABASE_URL="postgresql://u:p@localhost:5433/other")
+    assert done.returncode == 0, done.stdout + done.stderr
     assert machine.actions() == ["pg_ctlcluster --skip-systemctl-redirect 14 old start"]
 
 
