@@ -1,5 +1,7 @@
 # Switchyard. `make run` runs the platform; `make test` passes the tests.
-# Both set everything up first (virtualenv, requirements) on a fresh machine.
+# Both set everything up first on a fresh machine: virtualenv and requirements, then
+# tools/local-services starts RabbitMQ (with its management plugin) and PostgreSQL when
+# they are down, and `make test` installs Debian's chromium, chromium-driver and faketime.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,11 +11,17 @@ export PYTHONPATH := $(CURDIR)/platform:$(CURDIR)
 # Tests and benchmarks run on the local PostgreSQL (as CI does) unless told otherwise.
 LOCAL_POSTGRES := postgres://postgres@127.0.0.1:5432/switchyard
 test bench bench-quick bench-api bench-media bench-metrics: export DATABASE_URL ?= $(LOCAL_POSTGRES)
+# What `make test` and `make run` start, enable or install first (see the script's header).
+LOCAL_SERVICES ?= tools/local-services
+# `make test` is CI: a test that cannot find RabbitMQ, PostgreSQL or the browser, or that
+# skips for any other reason, fails (tests/skip_policy.py). The one opt-out,
+# SWITCHYARD_ALLOW_SKIPS=1, lets them skip and lists them at the end of the run.
+test: export CI := true
 # Development runs the demo tasks (also for a .env written before SWITCHYARD_DEMO_TASKS was in
 # .env.example; .env still wins under honcho). Production settings refuse it.
 run demo: export SWITCHYARD_DEMO_TASKS ?= 1
 
-.PHONY: help setup run test lint broker-check topology verify migrate demo docs clean bench \
+.PHONY: help setup services run test lint broker-check topology verify migrate demo docs clean bench \
 	bench-quick bench-api bench-metrics bench-media
 
 help:
@@ -34,7 +42,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 setup: $(VENV)/.installed
 
-# RabbitMQ must answer; nothing is started behind the user's back.
+# Start what is down on this machine, and say so (tools/local-services).
+services:
+	@$(LOCAL_SERVICES) run
+
 broker-check: setup
 	@$(PY) -m routing ping
 
@@ -56,15 +67,21 @@ migrate: setup
 # (docs/monitoring.md); .env may point it elsewhere.
 METRICS_DIR := $(CURDIR)/var/metrics
 
-run: setup .env topology migrate
-	@echo "Switchyard: web http://127.0.0.1:8000 (dashboard /dashboard/, metrics /metrics)  Flower http://127.0.0.1:5555 (login in .env)"
+run: services setup .env topology migrate
+	@echo "Switchyard: http://127.0.0.1:8000/ (health, links; dashboard /dashboard/, API docs /api/docs/, metrics /metrics)  Flower http://127.0.0.1:5555 (login in .env)"
 	rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
 	SWITCHYARD_METRICS_DIR=$(METRICS_DIR) exec $(BIN)/honcho start --procfile Procfile --env .env
 
-lint: setup
-	$(BIN)/ruff check routing platform client tests tools bench
+LINT = $(BIN)/ruff check routing platform client tests tools bench
 
-test: setup lint
+lint: setup
+	$(LINT)
+
+# The machine first: a missing package stops the run before minutes of pip install.
+test:
+	@$(LOCAL_SERVICES) test
+	@$(MAKE) --no-print-directory setup
+	$(LINT)
 	$(PY) -m pytest --durations=25
 
 # Figures, not assertions: one table of Switchyard against its baselines, measured in

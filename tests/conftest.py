@@ -2,8 +2,10 @@
 
 Tests marked ``rabbitmq`` get the ``broker_url`` of a vhost created for this
 run and deleted after it. When RabbitMQ (or its management API) cannot be
-reached they are skipped on a laptop and FAIL under ``CI=true``: CI must never
-pass by skipping the tests that matter.
+reached they are skipped on a laptop and FAIL under ``CI=true`` (which ``make test``
+sets): CI must never pass by skipping the tests that matter. Any other skip fails under
+``CI=true`` too (tests/skip_policy.py); ``SWITCHYARD_ALLOW_SKIPS=1`` lets them all skip
+and lists them in the summary.
 """
 from __future__ import annotations
 
@@ -14,6 +16,12 @@ from django.conf import settings
 from hypothesis import settings as hypothesis_settings
 
 from routing.management import Management, ManagementError
+from tests.browser_support import browser, offline_browser  # noqa: F401 - fixtures
+from tests.skip_policy import (  # noqa: F401 - pytest's hooks, taken by this conftest
+    pytest_runtest_makereport,
+    pytest_terminal_summary,
+    skips_fail,
+)
 
 # Property tests and fuzzers (tests/test_fuzz_*.py) are derandomized: every run tries the
 # same examples, so a failure in CI is reproduced by running the same test locally. No
@@ -24,7 +32,8 @@ hypothesis_settings.register_profile("explore", database=None, deadline=None)
 hypothesis_settings.load_profile(
     "explore" if os.environ.get("SWITCHYARD_FUZZ") == "explore" else "switchyard")
 
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+# A missing broker, database or browser fails the test rather than skipping it.
+IN_CI = skips_fail()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -35,7 +44,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _unreachable(reason: str) -> None:
     if IN_CI:
-        pytest.fail(f"RabbitMQ is required under CI=true and is not usable: {reason}")
+        pytest.fail(f"RabbitMQ is required under CI=true and is not usable: {reason} "
+                    "(tools/local-services test starts it)")
     pytest.skip(f"RabbitMQ not usable here ({reason}); start it with `rabbitmq-server -detached`")
 
 

@@ -1,14 +1,12 @@
 """Flower's Queues page and the dashboard, in a real headless Chromium, while a load runs.
 
-Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them), driven by
-Selenium; nothing is downloaded. Missing browser: a skip on a laptop, a failure
-under ``CI=true``. Screenshots go to ``var/screenshots/``.
+The browser: tests/browser_support.py (Debian's chromium and chromium-driver, installed by
+``make test``). Screenshots go to ``var/screenshots/``.
 """
 from __future__ import annotations
 
 import base64
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -21,7 +19,7 @@ from django.db import connection
 
 from jobs.bulk import BulkJob, job_submit_bulk
 from tenants.models import Tenant
-from tests.conftest import IN_CI
+from tests.browser_support import SCREENSHOTS
 from tests.processes import wait_until
 from tests.test_api_e2e import _http
 from tests.test_lanes import start_lane
@@ -30,44 +28,6 @@ from tests.test_platform import free_port, http_status
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers]
 
 REPO = Path(__file__).resolve().parents[1]
-SCREENSHOTS = REPO / "var" / "screenshots"
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run")
-
-
-def _find(*names: str) -> str | None:
-    for name in names:
-        found = shutil.which(name) or (name if Path(name).is_file() else None)
-        if found:
-            return found
-    return None
-
-
-@pytest.fixture
-def browser(tmp_path):
-    chromium = _find("/usr/bin/chromium", "chromium")
-    driver_path = _find("/usr/bin/chromedriver", "chromedriver")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError as exc:  # pragma: no cover - requirements-dev.txt pins it
-        chromium, missing = None, str(exc)
-    else:
-        missing = "apt-get install -y chromium chromium-driver"
-    if not (chromium and driver_path):
-        if IN_CI:
-            pytest.fail(f"browser tests need Chromium and ChromeDriver under CI=true ({missing})")
-        pytest.skip(f"no Chromium/ChromeDriver here ({missing})")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                 "--window-size=1500,1100"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
-    driver.set_page_load_timeout(30)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    yield driver
-    driver.quit()
 
 
 class Load:

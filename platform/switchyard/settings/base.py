@@ -60,11 +60,14 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    # Swagger UI and Redoc as pinned static files, served by the platform (never a CDN).
+    "drf_spectacular_sidecar",
     "tenants",
     "jobs",
     "media",
     *(["demo"] if SWITCHYARD_DEMO_TASKS else []),
     "monitoring",
+    "home",
 ]
 
 MIDDLEWARE = [
@@ -162,6 +165,12 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {"JobStatusEnum": "jobs.models.Job.Status",
                             "BatchStatusEnum": "jobs.serializers.BATCH_STATUSES",
                             "WorkflowStatusEnum": "jobs.models.Workflow.Status"},
+    # /api/docs/ (Swagger UI) and /api/redoc/ load their scripts from drf-spectacular-sidecar's
+    # static files (pinned in requirements.txt), never from a CDN: the docs work offline and
+    # show the version that was tested. https://drf-spectacular.readthedocs.io/en/latest/settings.html
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 # Largest request body accepted (bytes); larger is 400 naming the limit
 # (switchyard.middleware). Batches have their own, larger limit.
@@ -269,6 +278,25 @@ SWITCHYARD_LOG_FORMAT = (os.environ.get("SWITCHYARD_LOG_FORMAT") or "text").stri
 LOGGING_CONFIG = "switchyard.logs.configure"
 LOGGING = _logs.logging_config(log_format=SWITCHYARD_LOG_FORMAT,
                                level=os.environ.get("SWITCHYARD_LOG_LEVEL", "INFO"))
+# The landing page at / (platform/home). Anyone may load it: its checks (database, an AMQP
+# connection, the lane queues from the management API) run at most once per this many
+# seconds per process, however often it is loaded.
+SWITCHYARD_HOME_HEALTH_SECONDS = float(os.environ.get("SWITCHYARD_HOME_HEALTH_SECONDS") or 5)
+# Where the landing page sends people for Flower; unset, Flower's port (FLOWER_PORT, as
+# switchyard/flowerconfig.py reads it) on the host the page was loaded from.
+SWITCHYARD_FLOWER_URL = os.environ.get("SWITCHYARD_FLOWER_URL", "")
+SWITCHYARD_FLOWER_PORT = env_int("FLOWER_PORT", 5555)
+# The runbooks the platform serves at /runbooks/: docs/runbooks/ of the checkout or image.
+SWITCHYARD_RUNBOOKS_DIR = Path(os.environ.get("SWITCHYARD_RUNBOOKS_DIR")
+                               or REPO_DIR / "docs" / "runbooks")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("SWITCHYARD_LOG_LEVEL", "INFO")},
+}
 
 # Celery ---------------------------------------------------------------------------------
 # Read by switchyard/celery.py through config_from_object(namespace="CELERY").

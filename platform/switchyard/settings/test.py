@@ -54,6 +54,8 @@ STORAGES["media"]["OPTIONS"] = {"location": str(SWITCHYARD_MEDIA_ROOT),  # noqa:
 SWITCHYARD_QUOTA_COUNT_TTL = 0.0
 # Each in-process scrape reads the gauges afresh (tests/test_monitoring.py tests the cache).
 SWITCHYARD_METRICS_CACHE_SECONDS = 0.0
+# ... and each load of the landing page checks afresh (tests/test_home.py tests the cache).
+SWITCHYARD_HOME_HEALTH_SECONDS = 0.0
 
 # The tests submit demo tasks (demo.quick_task, the drills' demo.witness). Worker processes
 # they start run the base settings and get SWITCHYARD_DEMO_TASKS=1 from tests.processes.role_env.
