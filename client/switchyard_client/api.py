@@ -48,27 +48,36 @@ class Api:
 
     def get(self, path: str, *, timeout: float | None = None) -> Any:
         """GET ``/api/v1<path>`` and decode its JSON; ``ApiError`` on any failure."""
+        return self._call("GET", path, timeout=timeout)
+
+    def post(self, path: str, payload: Any, *, timeout: float | None = None) -> Any:
+        """POST ``payload`` as JSON to ``/api/v1<path>`` and decode the answer."""
+        return self._call("POST", path, payload=json.dumps(payload).encode(), timeout=timeout)
+
+    def _call(self, method: str, path: str, *, payload: bytes | None = None,
+              timeout: float | None = None) -> Any:
         url = self.base_url + API_PREFIX + path
-        request = urllib.request.Request(url, headers={
-            "Authorization": f"Token {self._token}",
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-        })
+        headers = {"Authorization": f"Token {self._token}", "Accept": "application/json",
+                   "User-Agent": USER_AGENT}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(url, data=payload, headers=headers, method=method)
         try:
             with urllib.request.urlopen(request, timeout=timeout or self.timeout) as answer:
                 body = answer.read()
         except urllib.error.HTTPError as exc:
             detail = _detail(exc)
             hint = {401: " (is the token right, and the tenant active?)"}.get(exc.code, "")
-            raise ApiError(f"GET {url}: {exc.code} {detail}{hint}".rstrip(), url=url,
+            raise ApiError(f"{method} {url}: {exc.code} {detail}{hint}".rstrip(), url=url,
                            status=exc.code, detail=detail) from None
         except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets
             reason = getattr(exc, "reason", exc)
-            raise ApiError(f"GET {url}: no answer ({reason})", url=url) from exc
+            raise ApiError(f"{method} {url}: no answer ({reason})", url=url) from exc
         try:
             return json.loads(body)
         except ValueError:
-            raise ApiError(f"GET {url}: the answer is not JSON", url=url, status=200) from None
+            raise ApiError(f"{method} {url}: the answer is not JSON", url=url,
+                           status=200) from None
 
     def tasks(self) -> list[dict[str, Any]]:
         """The catalogue: the tasks this tenant may call, with where each goes."""

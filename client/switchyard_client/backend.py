@@ -8,7 +8,7 @@ result store and no reply queue of its own. A job's status maps onto Celery's st
 =========================  ============  ==========================================
 job status                 Celery state  ``result``
 =========================  ============  ==========================================
-queued (or unknown: 404)   PENDING       ``None``
+queued, blocked, or 404    PENDING       ``None``
 started                    STARTED       ``None``
 retrying                   RETRY         ``JobRetrying`` with the last attempt's error
 succeeded                  SUCCESS       the task's return value
@@ -44,6 +44,7 @@ from .errors import (
 
 #: Job status (``GET /api/v1/jobs/{id}``) -> Celery state.
 STATES = {
+    "blocked": states.PENDING,  # a workflow step waiting for the steps before it
     "queued": states.PENDING,
     "started": states.STARTED,
     "retrying": states.RETRY,
@@ -166,6 +167,26 @@ class JobBackend(BaseBackend):
                 raise TimeoutError(message)
             time.sleep(pause if deadline is None else min(pause, deadline - now))
             pause = min(pause * BACKOFF, max(interval, FIRST_POLL_INTERVAL))
+
+    def apply_chord(self, header_result_args, body, **kwargs) -> None:
+        """Register a chord with the platform before its header is published (Celery calls
+        this first): the platform records the callback as a workflow step that its last
+        header releases, with the headers' results in order, in the transaction that
+        records that header's outcome. No ``celery.chord_unlock`` task polls for it.
+
+        ``ApiError`` if the platform refuses it (an unknown task, bad arguments): nothing
+        has been published yet, so nothing of the chord runs."""
+        group_id, results = header_result_args[0], header_result_args[1]
+        body = dict(body)
+        self.api.post("/workflows/chords", {
+            "group": str(group_id),
+            "headers": [str(result.id) for result in results],
+            "body": {"task": body.get("task"), "args": list(body.get("args") or ()),
+                     "kwargs": dict(body.get("kwargs") or {}),
+                     "immutable": bool(body.get("immutable")),
+                     "task_id": str((body.get("options") or {}).get("task_id") or ""),
+                     "subtask_type": body.get("subtask_type")},
+        })
 
     def _store_result(self, task_id, result, state, traceback=None, request=None, **kwargs):
         raise NotImplementedError("Switchyard's workers record results; a client only "

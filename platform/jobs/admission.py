@@ -26,13 +26,18 @@ own calling API"):
 * ``link`` / ``link_error`` signatures become the job's follow-ups, with Celery's
   semantics: the parent's result (for ``link_error``, the failed job's id) is the
   linked task's first argument unless the signature is immutable (``.si()``);
+* a chain becomes a workflow (``jobs.workflows``) recorded with its first task: each
+  next task is released by the end of the one before, with its result as first
+  argument; a failure cancels the rest, with the reason. A chord header joins the
+  chord its client registered (``POST /api/v1/workflows/chords``); the last header to
+  end releases the body with every header's result, in order;
 * the job counts against the tenant's quotas; over them, it is recorded ``dead``
   with the quota's reason.
 
-Whatever is refused (an unknown sender, an unknown task, bad params, a chain,
-a quota) is recorded ``dead`` with the reason, and the message rejected into
-``<lane>.dead``: nothing is dropped silently. A message from one of the
-platform's own users (beat, or a message published before its job record
+Whatever is refused (an unknown sender, an unknown task, bad params, a nested
+canvas, an unregistered chord, a quota) is recorded ``dead`` with the reason, and the
+message rejected into ``<lane>.dead``: nothing is dropped silently. A message from one
+of the platform's own users (beat, or a message published before its job record
 existed) keeps its ``tenant`` header, which only the platform can have set.
 """
 from __future__ import annotations
@@ -41,22 +46,26 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery.exceptions import Reject
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
 from django.utils.dateparse import parse_datetime
 
 import routing.celery_config as routing_celery
 from jobs.catalogue import InvalidParams, catalogue_task, positional_names, validate_params
-from jobs.errors import QuotaExceeded
-from jobs.models import Job
+from jobs.errors import InvalidSubmission, QuotaExceeded
+from jobs.models import Job, Workflow, WorkflowStep
 from jobs.options import MAX_DELAY, RetryPolicy
 from jobs.publishing import publish_job
 from jobs.quotas import check_quotas
 from jobs.senders import Sender
 from jobs.signals import job_events_for
+from jobs.workflow_submission import StepSpec, check_step_params, chord_join, workflow_submit
+from jobs.workflows import MAX_STEPS, step_ended
 from routing import priorities, topology
+from switchyard.celery import app
 from switchyard.clock import platform_now
 from switchyard.logs import job_fields
 from tenants.models import Tenant
@@ -120,6 +129,7 @@ def job_admit_native(*, task, task_id: str, args, kwargs, sender: Sender) -> dic
     received = delivery.get("routing_key") or ""
     if received != job.routing_key:
         job.received_as = received[:300]
+    canvas = Canvas()
     try:
         if refusal:
             raise Refused(refusal)
@@ -128,14 +138,14 @@ def job_admit_native(*, task, task_id: str, args, kwargs, sender: Sender) -> dic
         if not sender.platform:
             _validate(task, job.params, tenant)
         job.run_at, job.expires_at = _schedule(request, now)
-        _apply_links(job, request, task)
+        canvas = _apply_links(job, request, task)
         _apply_retry_policy(job, request)
         if tenant is not None and not sender.platform:
             check_quotas(tenant, now)
     except QuotaExceeded as exc:
-        _dead(job, f"quota exceeded: {exc}", now)
+        _dead(job, f"quota exceeded: {exc}", now, canvas)
     except Refused as exc:
-        _dead(job, str(exc), now)
+        _dead(job, str(exc), now, canvas)
     job.lane = _lane_for(task, job.params, tenant)
     job.routing_key = topology.routing_key(job.lane, tier.name, task.name)
     job.received_as = "" if received == job.routing_key else received[:300]
@@ -143,14 +153,14 @@ def job_admit_native(*, task, task_id: str, args, kwargs, sender: Sender) -> dic
     if job.run_at is not None:
         # Due later: the dispatcher publishes it then; nothing waits in a worker.
         job.published_at = None
-        _save_first_sight(job)
+        _save_first_sight(job, canvas)
         logger.info("native job %s recorded to run at %s", task_id, job.run_at.isoformat(),
                     extra=job_fields(job))
         return None
     if in_band:
-        return job.params if _save_first_sight(job) else None
+        return job.params if _save_first_sight(job, canvas) else None
     job.published_at = None
-    if not _save_first_sight(job):
+    if not _save_first_sight(job, canvas):
         return None  # another delivery of the same id got here first
     logger.info("native job %s claimed %s priority %s; re-published as %s priority %s",
                 task_id, received, claimed, job.routing_key, job.priority,
@@ -209,14 +219,16 @@ def _schedule(request, now: dt.datetime) -> tuple[dt.datetime | None, dt.datetim
     return run_at, expires
 
 
-def _signature_link(signature: Any, task, *, what: str) -> dict:
-    """A job's ``link`` / ``link_error`` from a Celery signature (a dict in the message)."""
+def signature_link(signature: Any, *, what: str) -> dict:
+    """A job's ``link`` / ``link_error`` (or a chain's or chord's next step) from a Celery
+    signature (a dict in the message): ``{task, params}``, and ``result_param`` naming the
+    parameter that receives the parent's result unless the signature is immutable."""
     if not isinstance(signature, Mapping) or not isinstance(signature.get("task"), str):
         raise Refused(f"{what}: not a Celery signature")
     linked = catalogue_task(signature["task"])
     if linked is None:
         raise Refused(f"{what}: task {signature['task']!r} is not in the catalogue")
-    registered = task.app.tasks[linked.name]
+    registered = app.tasks[linked.name]
     args = list(signature.get("args") or ())
     mutable = not signature.get("immutable")
     if mutable:
@@ -234,16 +246,64 @@ def _signature_link(signature: Any, task, *, what: str) -> dict:
     return spec
 
 
-def _apply_links(job: Job, request, task) -> None:
-    if getattr(request, "chain", None) or getattr(request, "chord", None):
-        raise Refused("chains and chords are not run on the Celery-native path yet; submit "
-                      "each step with link, or use the REST API")
-    for field, signatures in (("link", request.callbacks), ("link_error", request.errbacks)):
+@dataclass
+class Canvas:
+    """What a message's Celery canvas adds to its job: the rest of its chain (recorded
+    as a workflow with it), or its place in a registered chord."""
+
+    chain: list[StepSpec] = field(default_factory=list)
+    chord_step: WorkflowStep | None = None
+
+
+def _apply_links(job: Job, request, task) -> Canvas:
+    canvas = Canvas()
+    chain, chord = getattr(request, "chain", None), getattr(request, "chord", None)
+    if chain and chord:
+        raise Refused("a chord header followed by a chain: nested canvases do not run on "
+                      "the Celery-native path; submit it as a workflow (POST /api/v1/workflows)")
+    if chord:
+        try:
+            canvas.chord_step = chord_join(job, group_id=getattr(request, "group", None),
+                                           index=getattr(request, "group_index", None))
+        except InvalidSubmission as exc:
+            raise Refused(f"chord header: {exc.message}") from None
+    if chain:
+        canvas.chain = _chain_steps(job, list(reversed(chain)))
+    for field_name, signatures in (("link", request.callbacks),
+                                   ("link_error", request.errbacks)):
         signatures = list(signatures or ())
         if len(signatures) > 1:
-            raise Refused(f"{field}: at most one signature (got {len(signatures)})")
+            raise Refused(f"{field_name}: at most one signature (got {len(signatures)})")
         if signatures:
-            setattr(job, field, _signature_link(signatures[0], task, what=field))
+            setattr(job, field_name, signature_link(signatures[0], what=field_name))
+    return canvas
+
+
+def _chain_steps(job: Job, signatures: list) -> list[StepSpec]:
+    """A Celery chain as a workflow's steps: this message's job first, then each signature
+    of the chain in order, each given the previous one's result as its first argument
+    unless immutable (``.si()``); a step that fails cancels the rest, as Celery stops."""
+    if len(signatures) + 1 > MAX_STEPS:
+        raise Refused(f"a chain of {len(signatures) + 1} tasks; at most {MAX_STEPS}")
+    steps = [StepSpec(name=f"1.{job.task}", task=job.task, params=job.params, job=job)]
+    for number, signature in enumerate(signatures, start=2):
+        what = f"chain task {number}"
+        kind = signature.get("subtask_type") if isinstance(signature, Mapping) else None
+        if kind:
+            raise Refused(f"{what}: a {kind} inside a chain does not run on the Celery-native "
+                          "path; submit it as a workflow (POST /api/v1/workflows)")
+        link = signature_link(signature, what=what)
+        inputs = {link["result_param"]: steps[-1].name} if "result_param" in link else {}
+        params = {k: v for k, v in link["params"].items() if k not in inputs}
+        step = StepSpec(name=f"{number}.{link['task']}", task=link["task"], params=params,
+                        depends_on=[steps[-1].name], inputs=inputs, where=what,
+                        job_id=(signature.get("options") or {}).get("task_id"))
+        try:
+            check_step_params(step, tenant=job.tenant)
+        except InvalidSubmission as exc:
+            raise Refused(f"{exc.field}: {exc.message}") from None
+        steps.append(step)
+    return steps
 
 
 def _apply_retry_policy(job: Job, request) -> None:
@@ -260,10 +320,10 @@ def _apply_retry_policy(job: Job, request) -> None:
     job.max_attempts = 1 + int(policy.max_retries)
 
 
-def _dead(job: Job, reason: str, now: dt.datetime) -> None:
+def _dead(job: Job, reason: str, now: dt.datetime, canvas: Canvas) -> None:
     job.status, job.error, job.finished_at = Job.Status.DEAD, reason[:5000], now
     job.run_at = None
-    _save_first_sight(job)
+    _save_first_sight(job, canvas)
     logger.warning("dead-lettering native job %s: %s", job.id, reason, extra=job_fields(job))
     raise Reject(reason, requeue=False)
 
@@ -279,9 +339,21 @@ def _lane_for(task, params, tenant: Tenant | None) -> str:
         return task.lane
 
 
-def _save_first_sight(job: Job) -> bool:
+def _save_first_sight(job: Job, canvas: Canvas) -> bool:
+    """Record the job (with its chain's workflow, or its chord step) in one transaction;
+    False if another delivery of the same id recorded it first. A job dead at first sight
+    is counted by its workflow at once (what follows it in a chain is cancelled)."""
     try:
-        job.save(force_insert=True)
+        with transaction.atomic():
+            if canvas.chain:
+                workflow_submit(tenant=job.tenant, steps=canvas.chain, kind=Workflow.Kind.CHAIN,
+                                quotas=False)
+            else:
+                job.save(force_insert=True)
+                if canvas.chord_step is not None:
+                    canvas.chord_step.save(force_insert=True)
+            if job.status in Job.FINISHED:
+                step_ended(job, job.status)
     except IntegrityError:
         return False
     job_events_for("submitted", [job])

@@ -16,7 +16,12 @@ from jobs.batch_api import (
     BatchFailuresApi,
     BatchListSubmitApi,
 )
-from jobs.workflow_api import WorkflowCancelApi, WorkflowDetailApi, WorkflowListSubmitApi
+from jobs.workflow_api import (
+    ChordRegisterApi,
+    WorkflowCancelApi,
+    WorkflowDetailApi,
+    WorkflowListSubmitApi,
+)
 
 app_name = "jobs"
 urlpatterns = [
@@ -31,6 +36,7 @@ urlpatterns = [
     path("batches/<uuid:batch_id>/chunks", BatchChunksApi.as_view(), name="batch-chunks"),
     path("tasks", TaskCatalogueApi.as_view(), name="task-list"),
     path("workflows", WorkflowListSubmitApi.as_view(), name="workflow-list"),
+    path("workflows/chords", ChordRegisterApi.as_view(), name="workflow-chords"),
     path("workflows/<uuid:workflow_id>", WorkflowDetailApi.as_view(), name="workflow-detail"),
     path("workflows/<uuid:workflow_id>/cancel", WorkflowCancelApi.as_view(),
          name="workflow-cancel"),

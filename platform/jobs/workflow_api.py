@@ -17,9 +17,11 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from jobs.admission import Refused, signature_link
 from jobs.api_support import (
     IDEMPOTENCY_HEADER,
     CursorPagination,
+    StrictSerializer,
     idempotency_key,
     own_or_404,
     paginated,
@@ -31,7 +33,13 @@ from jobs.options import fingerprint
 from jobs.selectors import workflow_get, workflow_list, workflow_progress, workflow_steps
 from jobs.serializers import known_task, parse_options
 from jobs.submission import idempotent_replay
-from jobs.workflow_submission import StepSpec, check_graph, check_step_params, workflow_submit
+from jobs.workflow_submission import (
+    StepSpec,
+    check_graph,
+    check_step_params,
+    chord_register,
+    workflow_submit,
+)
 from jobs.workflows import MAX_STEPS, workflow_cancel
 
 STEP_FIELDS = ("id", "task", "params", "depends_on", "from", "on_failure", "options")
@@ -42,6 +50,12 @@ ON_COMPLETE_NAME = "on_complete"
 
 def _fail(field: str, message: str):
     raise ValidationError({field: [message]})
+
+
+def parse(serializer_class, data) -> dict:
+    body = serializer_class(data=data)
+    body.is_valid(raise_exception=True)
+    return body.validated_data
 
 
 def parse_step(where: str, data: Any, *, on_complete: bool = False) -> StepSpec:
@@ -310,3 +324,62 @@ class WorkflowCancelApi(APIView):
         return Response({"cancelled": outcome.cancelled, "running": outcome.running,
                          "workflow": workflow_representation(request, workflow)})
 
+
+
+class ChordBodySerializer(serializers.Serializer):
+    """A chord's callback, as Celery's signature has it."""
+
+    task = serializers.CharField()
+    args = serializers.ListField(required=False, default=list)
+    kwargs = serializers.DictField(required=False, default=dict)
+    immutable = serializers.BooleanField(required=False, default=False)
+    task_id = serializers.UUIDField(help_text="the body's frozen task id")
+    subtask_type = serializers.CharField(required=False, allow_null=True)
+
+
+class ChordRegisterApi(APIView):
+    """``POST /api/v1/workflows/chords``: a Celery chord, registered by
+    ``switchyard_client``'s result backend before its header is published (Celery's
+    ``apply_chord``). The body becomes a step that the last header to end releases, with
+    every header's result in order; no ``celery.chord_unlock`` task polls for it."""
+
+    class InputSerializer(StrictSerializer):
+        group = serializers.UUIDField(help_text="the chord's group id")
+        headers = serializers.ListField(child=serializers.UUIDField(), min_length=1,
+                                        max_length=MAX_STEPS - 1,
+                                        help_text="the header tasks' ids, in order")
+        body = ChordBodySerializer(help_text="the callback's signature")
+
+    @extend_schema(request=InputSerializer, responses={202: WorkflowOutputSerializer})
+    def post(self, request):
+        data = parse(self.InputSerializer, request.data)
+        headers = [str(h) for h in data["headers"]]
+        if len(set(headers)) != len(headers):
+            _fail("headers", "names a task twice")
+        body = data["body"]
+        if body.get("subtask_type"):
+            _fail("body.subtask_type", f"a chord body that is a {body['subtask_type']} does "
+                  "not run on the Celery-native path; submit a workflow (POST "
+                  "/api/v1/workflows)")
+        known_task(body["task"], field="body.task")
+        with refusals():
+            try:
+                link = signature_link({**body, "task_id": None}, what="body")
+            except Refused as exc:
+                raise ValidationError({"body": [str(exc)]}) from None
+            inputs = {link["result_param"]: headers} if "result_param" in link else {}
+            spec = StepSpec(name="body", task=link["task"], where="body", inputs=inputs,
+                            params={k: v for k, v in link["params"].items()
+                                    if k not in inputs},
+                            depends_on=headers, job_id=body["task_id"])
+            check_step_params(spec, tenant=request.auth)
+            with transaction.atomic():
+                workflow, created = chord_register(tenant=request.auth,
+                                                   group_id=data["group"],
+                                                   header_ids=headers, body=spec)
+        answer = Response(workflow_representation(request, workflow), status=202,
+                          headers={"Location": reverse("jobs:workflow-detail",
+                                                       kwargs={"workflow_id": workflow.id})})
+        if not created:
+            answer["Idempotent-Replayed"] = "true"
+        return answer

@@ -43,6 +43,9 @@ class StepSpec:
     summary_param: str = ""
     job_id: Any = None  # a Celery signature's frozen task id, kept as the job's id
     where: str = ""  # how a refusal names it: ``steps.3``
+    #: The step's job, already built by whoever recorded it (a Celery chain's first task,
+    #: admitted from its own message): inserted as it is, and published by its admitter.
+    job: Job | None = None
 
 
 def check_graph(steps: Sequence[StepSpec], on_complete: StepSpec | None = None) -> None:
@@ -130,12 +133,12 @@ def check_step_params(step: StepSpec, *, tenant: Tenant | None) -> None:
 def workflow_submit(*, tenant: Tenant | None, steps: Sequence[StepSpec],
                     on_complete: StepSpec | None = None, kind: str = Workflow.Kind.STEPS,
                     workflow_id: Any = None, idempotency_key: str = "",
-                    fingerprint: str = "") -> Workflow:
+                    fingerprint: str = "", quotas: bool = True) -> Workflow:
     """Record a workflow and its steps in the caller's transaction (open one around it);
     the roots are published after the commit. The graph must have passed
     ``check_graph``. Counts one submission, and the roots as waiting jobs, against the
     tenant's quotas (``QuotaExceeded``); the other steps wait as ``blocked``, like a
-    job's ``link``, until released."""
+    job's ``link``, until released (``quotas=False``: the caller already counted it)."""
     now = platform_now()
     workflow = Workflow(tenant=tenant,
                         tenant_name=tenant.name if tenant else routing_celery.SYSTEM_TENANT,
@@ -145,15 +148,17 @@ def workflow_submit(*, tenant: Tenant | None, steps: Sequence[StepSpec],
     if workflow_id is not None:
         workflow.id = workflow_id
     jobs, rows = _records(workflow, steps, on_complete, now)
-    roots = [job for job in jobs if job.status == Job.Status.QUEUED]
-    if tenant is not None:
+    given = {spec.job.id for spec in steps if spec.job is not None}
+    roots = [job for job in jobs if job.status == Job.Status.QUEUED and job.id not in given]
+    if tenant is not None and quotas:
         check_quotas(tenant, now, adding=max(1, len(roots)))
     workflow.on_complete = jobs[-1] if on_complete else None
     publish_released(roots)  # before the insert: a root held by its window is due now
     workflow.save(force_insert=True)
     Job.objects.bulk_create(jobs, batch_size=CHUNK)
     WorkflowStep.objects.bulk_create(rows, batch_size=CHUNK)
-    transaction.on_commit(lambda: job_events_for("submitted", jobs))
+    fresh = [job for job in jobs if job.id not in given]
+    transaction.on_commit(lambda: job_events_for("submitted", fresh))
     transaction.on_commit(lambda: workflow_event_send("started", kind=workflow.kind))
     return workflow
 
@@ -165,6 +170,11 @@ def _records(workflow: Workflow, steps: Sequence[StepSpec], on_complete: StepSpe
     jobs: list[Job] = []
     by_name: dict[str, Job] = {}
     for spec in specs:
+        if spec.job is not None:
+            spec.job.workflow = workflow
+            jobs.append(spec.job)
+            by_name[spec.name] = spec.job
+            continue
         job = new_job(tenant=workflow.tenant, task=spec.task, params=spec.params,
                       priority=spec.submit_options.priority, now=now)
         if spec.job_id is not None:
@@ -231,3 +241,53 @@ def save_batch_steps(workflow: Workflow, chunks: Sequence[Job]) -> None:
          for chunk in chunks], batch_size=CHUNK)
 
 
+
+
+def chord_register(*, tenant: Tenant | None, group_id, header_ids: Sequence[str],
+                   body: StepSpec) -> tuple[Workflow, bool]:
+    """Record a Celery chord before its header is published (``switchyard_client``'s
+    result backend calls ``POST /api/v1/workflows/chords`` from Celery's
+    ``apply_chord``): a workflow whose id is the chord's group id, and its body as a
+    ``blocked`` step waiting for ``header_ids``. Each header joins it when its message
+    is first admitted (``chord_join``). Returns ``(workflow, created)``: registering
+    the same group again returns the first record."""
+    existing = Workflow.objects.filter(id=group_id).first()
+    if existing is not None:
+        if existing.tenant_id != (tenant.id if tenant else None) or \
+                existing.kind != Workflow.Kind.CHORD:
+            raise InvalidSubmission("group", f"{group_id} is another workflow's id")
+        return existing, False
+    now = platform_now()
+    workflow = Workflow(id=group_id, tenant=tenant, kind=Workflow.Kind.CHORD,
+                        tenant_name=tenant.name if tenant else routing_celery.SYSTEM_TENANT,
+                        step_count=len(header_ids) + 1, open_steps=len(header_ids) + 1,
+                        submitted_at=now)
+    job = new_job(tenant=tenant, task=body.task, params=body.params, priority=None, now=now)
+    job.id, job.status, job.workflow = body.job_id or job.id, Job.Status.BLOCKED, workflow
+    workflow.save(force_insert=True)
+    job.save(force_insert=True)
+    WorkflowStep.objects.create(
+        job=job, workflow=workflow, name=body.name, index=len(header_ids),
+        depends_on=list(header_ids), inputs=dict(body.inputs),
+        waiting_for=len(set(header_ids)))
+    transaction.on_commit(lambda: workflow_event_send("started", kind=workflow.kind))
+    return workflow, True
+
+
+def chord_join(job: Job, *, group_id, index: int | None) -> WorkflowStep:
+    """The (unsaved) step row making ``job`` (a chord header at its first sight, unsaved)
+    a step of its registered chord; sets ``job.workflow``. ``InvalidSubmission`` saying
+    why it cannot be. The caller saves the job, then the row, in one transaction."""
+    workflow = Workflow.objects.filter(id=group_id, kind=Workflow.Kind.CHORD).first()
+    if workflow is None or workflow.tenant_id != job.tenant_id:
+        raise InvalidSubmission("chord", "its chord was not registered with the platform: "
+                                "publish chords through switchyard_client.connect(), whose "
+                                "result backend registers them")
+    # The body was recorded first, after every header's index.
+    body = WorkflowStep.objects.filter(workflow=workflow, index=workflow.step_count - 1).first()
+    if body is None or str(job.id) not in body.depends_on:
+        raise InvalidSubmission("chord", f"it is not a header of chord {group_id} as "
+                                "registered")
+    job.workflow = workflow
+    return WorkflowStep(job=job, workflow=workflow, name=str(job.id), index=index or 0,
+                        dependents=[str(body.job_id)])

@@ -24,7 +24,7 @@ from django.db import close_old_connections
 
 import routing.celery_config as routing_celery
 from routing import topology
-from switchyard import logs
+from switchyard.logs import adopt_handlers
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "switchyard.settings.base")
 
@@ -56,7 +56,7 @@ def _log_format(logger=None, **_):
     # The pool's own logger (billiard's: "process exited") gets handlers of its own.
     for each in (logger, get_multiprocessing_logger()):
         if each is not None:
-            logs.adopt_handlers(each, settings.SWITCHYARD_LOG_FORMAT)
+            adopt_handlers(each, settings.SWITCHYARD_LOG_FORMAT)
 
 
 _connections_checked = 0.0
