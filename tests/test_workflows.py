@@ -6,7 +6,10 @@ runs workflows on real workers.
 """
 from __future__ import annotations
 
+import io
+
 import pytest
+from django.core.management import call_command
 from django.db import transaction
 from django.db.models import F
 from django.db.models.functions import Now
@@ -14,6 +17,7 @@ from rest_framework.test import APIClient
 
 from jobs.models import Batch, Job, Workflow, WorkflowStep
 from jobs.outcomes import job_record_failure, job_record_success
+from jobs.selectors import stuck_workflows, workflow_health
 from jobs.workflows import steps_ended, workflow_sweep
 from tenants.services import tenant_create
 
@@ -324,3 +328,43 @@ def test_a_batch_on_complete_runs_once_after_every_chunk_with_its_counts(api):
     assert final.params["x"]["total_items"] == 5
     assert (final.params["x"]["succeeded"], final.params["x"]["failed"],
             final.params["x"]["cancelled"]) == (1, 1, 1)
+
+
+def test_a_workflow_left_with_nothing_to_run_is_stuck_until_the_sweep_counts_its_end(api):
+    body = submit(api, DIAMOND)
+    s = {step["id"]: step for step in body["steps"]}
+    # An end recorded on a path that does not count it (as an expiry in the dispatcher)
+    Job.objects.filter(id=s["a"]["job"]).update(status="succeeded", result=3,
+                                                finished_at=Now())
+    assert [str(w.id) for w in stuck_workflows()] == [body["id"]]
+    assert workflow_health().stuck == 1
+    out = io.StringIO()
+    call_command("workflows", "list", "--stuck", stdout=out)
+    assert body["id"] in out.getvalue() and "1 stuck" in out.getvalue()
+    out = io.StringIO()
+    call_command("workflows", "show", body["id"], stdout=out)
+    assert "ended, not yet counted" in out.getvalue()
+    call_command("workflows", "sweep", stdout=io.StringIO())
+    assert list(stuck_workflows()) == []
+    assert job(s["b"]).status == "queued"
+
+
+def test_operators_see_and_cancel_workflows_in_the_admin_and_the_dashboard(api, admin_client):
+    body = submit(api, DIAMOND)
+    page = admin_client.get(f"/admin/jobs/workflow/{body['id']}/change/")
+    assert page.status_code == 200
+    assert b"4 of 4 steps shown" in page.content and b"blocked" in page.content
+    done = admin_client.post("/admin/jobs/workflow/", {
+        "action": "cancel_workflows", "_selected_action": [body["id"]]}, follow=True)
+    assert b"4 step(s) cancelled" in done.content
+    assert Workflow.objects.get(id=body["id"]).status == "cancelled"
+    data = admin_client.get("/dashboard/data").json()["workflows"]
+    assert data["running"] == 0 and data["finished_last_hour"]["cancelled"] == 1
+
+
+def test_workflow_gauges_and_counters_are_exported(api, admin_client, settings):
+    submit(api, DIAMOND)
+    text = admin_client.get("/metrics").content.decode()
+    assert "switchyard_workflows_running 1.0" in text
+    assert "switchyard_workflows_stuck 0.0" in text
+    assert "switchyard_oldest_running_workflow_age_seconds" in text

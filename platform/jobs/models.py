@@ -255,7 +255,9 @@ class Workflow(models.Model):
         ordering = ["-submitted_at"]
         indexes = [models.Index(fields=["tenant", "submitted_at"]),
                    models.Index(fields=["status", "submitted_at"], name="workflows_running",
-                                condition=models.Q(status="running"))]
+                                condition=models.Q(status="running")),
+                   # Finished in the last hour (dashboard), and retention.
+                   models.Index(fields=["finished_at"], name="workflows_finished")]
         constraints = [
             models.UniqueConstraint(fields=["tenant", "idempotency_key"],
                                     name="workflows_idempotency",

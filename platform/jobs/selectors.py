@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db.models import Count, F, Max, Min, Q, QuerySet, Sum
+from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q, QuerySet, Sum
 
 from jobs.models import Batch, Job, Workflow
 from switchyard.clock import platform_now
@@ -171,3 +171,38 @@ def workflow_steps(workflow: Workflow):
     return (workflow.steps.order_by("index")
             .values("name", "job_id", "job__task", "job__status", "depends_on",
                     "is_on_complete"))
+
+
+@dataclass(frozen=True)
+class WorkflowHealth:
+    """Running workflows at a glance, for the dashboard, ``/metrics`` and
+    ``manage.py workflows``."""
+
+    running: int
+    stuck: int
+    oldest_running_seconds: float
+    finished_last_hour: dict
+
+
+def stuck_workflows(*, limit: int = 20) -> QuerySet[Workflow]:
+    """Running workflows that cannot move on by themselves: none of their steps waits in
+    a lane or runs, so nothing left will end and release the rest (a chord header whose
+    message never arrived, a step ended on a path the sweep has not counted yet).
+    Oldest first; ``docs/runbooks/workflow-stuck.md`` says what to do."""
+    moving = Job.objects.filter(workflow=OuterRef("pk"), status__in=Job.UNFINISHED)
+    return (Workflow.objects.filter(status=Workflow.Status.RUNNING)
+            .annotate(moving=Exists(moving)).filter(moving=False)
+            .order_by("submitted_at")[:limit])
+
+
+def workflow_health(now: dt.datetime | None = None) -> WorkflowHealth:
+    now = now or platform_now()
+    running = Workflow.objects.filter(status=Workflow.Status.RUNNING)
+    oldest = running.aggregate(t=Min("submitted_at"))["t"]
+    finished = dict(Workflow.objects.filter(finished_at__gte=now - dt.timedelta(hours=1))
+                    .order_by().values_list("status").annotate(n=Count("id")))
+    return WorkflowHealth(
+        running=running.count(), stuck=len(stuck_workflows(limit=1000)),
+        oldest_running_seconds=max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
+        finished_last_hour={status: finished.get(status, 0)
+                            for status in Workflow.Status.values if status != "running"})

@@ -94,6 +94,18 @@ class QueueCollector(Collector):
                 share.add_metric([lane_name, t.tenant], t.share)
         yield share
 
+        health = snapshot.workflow_health(now)
+        for name, doc, value in (
+                ("switchyard_workflows_running", "Workflows running.", health.running),
+                ("switchyard_workflows_stuck", "Running workflows none of whose steps waits "
+                 "or runs (docs/runbooks/workflow-stuck.md).", health.stuck),
+                ("switchyard_oldest_running_workflow_age_seconds",
+                 "Seconds since the oldest running workflow was accepted (0: none runs).",
+                 health.oldest_running_seconds)):
+            gauge = GaugeMetricFamily(name, doc)
+            gauge.add_metric([], value)
+            yield gauge
+
 
 class CachedCollector(Collector):
     """``collector``'s metrics, computed again only when older than ``ttl`` seconds.

@@ -29,6 +29,7 @@ from django.db.models.functions import Coalesce, TruncMinute
 from django.utils import timezone
 
 from jobs.models import Job
+from jobs.selectors import stuck_workflows, workflow_health
 from routing import priorities, topology
 from routing.management import Management, ManagementError, vhost_of
 from tenants.models import Tenant
@@ -104,6 +105,8 @@ class Snapshot:
     broker_available: bool
     broker_error: str
     lanes: list[LaneStats]
+    #: ``jobs.selectors.WorkflowHealth``, and the oldest stuck workflows.
+    workflows: dict = field(default_factory=dict)
 
     def lane(self, name: str) -> LaneStats:
         return next(stats for stats in self.lanes if stats.lane == name)
@@ -316,4 +319,20 @@ def queue_snapshot(*, window: int = 300, series_minutes: int = 15,
         broker_available=not broker_error,
         broker_error=broker_error,
         lanes=lanes,
+        workflows=workflows_view(now),
     )
+
+
+#: Stuck workflows the dashboard lists (the oldest first).
+SHOWN_STUCK = 10
+
+
+def workflows_view(now: dt.datetime) -> dict:
+    """Running and stuck workflows for the dashboard (no tenant's data but its name,
+    which only staff see)."""
+    view = asdict(workflow_health(now))
+    view["stuck_oldest"] = [
+        {"id": str(w.id), "kind": w.kind, "tenant": w.tenant_name, "open_steps": w.open_steps,
+         "age_seconds": round((now - w.submitted_at).total_seconds())}
+        for w in stuck_workflows(limit=SHOWN_STUCK)]
+    return view

@@ -7,7 +7,8 @@ retry backoff is due, batch chunks, and jobs the web could not publish; every
 before the broker confirmed them (``jobs.dispatch.job_reclaim_unconfirmed``);
 every ``--reconcile-every`` seconds it takes a census of each lane queue against
 the job table and publishes again the jobs whose message the broker lost
-(``jobs.reconcile``).
+(``jobs.reconcile``); every ``--sweep-every`` seconds it counts workflow step ends
+that no path counted yet (``jobs.workflows.workflow_sweep``).
 It applies fair sharing (``jobs.fairness``): held jobs enter their tenant's
 window as it frees, and every ``--promote-every`` seconds standard jobs are
 promoted where the standard tier's starvation bound needs it. It keeps no
@@ -48,6 +49,9 @@ class Command(BaseCommand):
                             help="seconds between scans when nothing is due (default 0.2)")
         parser.add_argument("--reap-every", type=float, default=30.0,
                             help="seconds between scans for lost started jobs (default 30)")
+        parser.add_argument("--sweep-every", type=float, default=5.0,
+                            help="seconds between counts of workflow step ends no path "
+                                 "counted yet, such as expiries (default 5)")
         parser.add_argument("--promote-every", type=float, default=1.0,
                             help="seconds between checks of the standard tier's starvation "
                                  "bound (default 1)")
@@ -57,9 +61,9 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="one scan, then exit")
 
     def handle(self, *args, interval: float, reap_every: float, promote_every: float,
-               reconcile_every: float, once: bool, **options):
+               reconcile_every: float, sweep_every: float, once: bool, **options):
         stopping = False
-        next_reap = next_promote = 0.0
+        next_reap = next_promote = next_sweep = 0.0
         # The first census waits a full period: a dispatcher (re)started with the
         # rest of the platform lets the management API's figures settle first.
         next_reconcile = time.monotonic() + reconcile_every
@@ -79,7 +83,6 @@ class Command(BaseCommand):
                 try:
                     job_reclaim_unconfirmed()
                     requeued, dead = job_reap_lost()
-                    workflow_sweep()
                 except Exception:
                     logger.exception("scan for lost jobs failed")
                 else:
@@ -91,6 +94,12 @@ class Command(BaseCommand):
                     job_reconcile()
                 except Exception:
                     logger.exception("census of the lane queues failed")
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + sweep_every
+                try:
+                    workflow_sweep()
+                except Exception:
+                    logger.exception("workflow sweep failed")
             if time.monotonic() >= next_promote:
                 next_promote = time.monotonic() + promote_every
                 try:

@@ -79,9 +79,35 @@
     body.replaceChildren(...rows);
   }
 
+  function renderWorkflows(w) {
+    if (!w) return;
+    const done = w.finished_last_hour || {};
+    document.getElementById("workflow-counts").textContent =
+      `${w.running} running, ${w.stuck} stuck, oldest running ${fmt(w.oldest_running_seconds)} s; ` +
+      `last hour: ${done.succeeded || 0} succeeded, ${done.failed || 0} failed, ` +
+      `${done.cancelled || 0} cancelled`;
+    const rows = (w.stuck_oldest || []).map(s => {
+      const tr = document.createElement("tr");
+      tr.dataset.workflow = s.id;
+      [s.id, s.kind, s.tenant, s.open_steps, s.age_seconds].forEach(v => {
+        const td = document.createElement("td");
+        td.textContent = v;
+        tr.appendChild(td);
+      });
+      return tr;
+    });
+    if (!rows.length) {
+      const tr = document.createElement("tr");
+      tr.innerHTML = '<td colspan="5">none</td>';
+      rows.push(tr);
+    }
+    document.querySelector("#stuck-workflows tbody").replaceChildren(...rows);
+  }
+
   function render(data) {
     const now = Date.parse(data.generated_at);
     renderTenants(data.lanes);
+    renderWorkflows(data.workflows);
     const names = [];
     data.lanes.forEach(lane => {
       ["ready", "unacked", "consumers", "dead_letters"].forEach(f => {
