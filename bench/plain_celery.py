@@ -64,6 +64,15 @@ def make_app(*, broker_url: str | None, queue: str = "plain", priority: bool = F
     def noop(x=None):
         return x
 
+    # A chord's header and callback (S10): the same two tasks as demo.add / demo.total.
+    @app.task(name="plain.add")
+    def add(x, y):
+        return x + y
+
+    @app.task(name="plain.total")
+    def total(numbers):
+        return sum(n for n in numbers if n is not None)
+
     return app
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import time
 import uuid
 
@@ -706,3 +708,113 @@ def test_s9_celery_native_calls(start_role, management, plain_worker, lanes_empt
     record("S9", "native quick end-to-end p99", p99, None, "ms", target="<= 50 ms",
            passed=p99 <= 50)
     distribution("S9 switchyard_client quick calls", ours)
+
+
+# S10 ----------------------------------------------------------------------------
+
+def _pool_child(role) -> int:
+    from tests.test_drills_broker import pool_children
+    return harness.wait_for(lambda: (c := pool_children(role.proc.pid)) and c[0], 30,
+                            "a live pool process", [role])
+
+
+def _chord_run(make_chord, done_headers, role, headers: int, *, kill: bool,
+               timeout: float) -> tuple[float | None, object, str]:
+    """Time from ``apply_async`` to the callback's result as the caller reads it (its
+    ``get()``); with ``kill``, a pool process is SIGKILLed once a third of the headers
+    ran. Returns (seconds or None, the result or the error, what was killed)."""
+    started = time.perf_counter()
+    result = make_chord().apply_async()
+    killed = ""
+    if kill:
+        harness.wait_for(lambda: done_headers() >= headers // 3, timeout, "a third of the "
+                         "headers", [role], interval=0.05)
+        child = _pool_child(role)
+        os.kill(child, signal.SIGKILL)
+        killed = f"pool process {child} SIGKILLed after {headers // 3:,} headers"
+    try:
+        value = result.get(timeout=timeout, interval=0.05)
+    except Exception as exc:  # the callback never came: say how it ended
+        return None, f"{type(exc).__name__}: {str(exc)[:120]}", killed
+    return time.perf_counter() - started, value, killed
+
+
+def test_s10_a_chord_fan_out_and_fan_in(start_role, management, plain_worker, lanes_empty):
+    """A chord of N headers and one callback, through Celery's own canvas API on both
+    sides: Switchyard (switchyard_client; the last header releases the callback in the
+    transaction recording it) against plain Celery with its database result backend on
+    the same PostgreSQL (``chord_unlock`` polls it). Time to the callback's result; then
+    the same chord with a pool process SIGKILLed mid-run."""
+    import celery
+    import switchyard_client
+    from django.db import connection
+
+    from jobs.models import Workflow
+
+    headers = scale(10_000, 500)
+    expected = sum(i + 1 for i in range(headers))
+    timeout = scale(900, 180)
+    tenant = _tenant("s10", "premium")
+    Tenant.objects.filter(id=tenant.id).update(max_queued_jobs=10 * headers,
+                                               submissions_per_minute=10 * headers)
+    _, url = broker_user_issue(tenant=tenant)
+    web, port = _web(start_role)
+    dispatcher = start_role("dispatcher")
+    worker = start_lane(start_role, management, "quick", QUICK_CONCURRENCY)
+    app = switchyard_client.connect(url, api_url=f"http://127.0.0.1:{port}", token=tenant.key)
+    add, total = app.remote_task("demo.add"), app.remote_task("demo.total")
+
+    def ours_chord():
+        return celery.chord((add.s(i, 1) for i in range(headers)), total.s())
+
+    def ours_done():
+        return Job.objects.filter(task="demo.add", tenant=tenant, status="succeeded").count()
+
+    ours = _chord_run(ours_chord, ours_done, worker, headers, kill=False, timeout=timeout)
+    Job.objects.filter(tenant=tenant).delete()
+    ours_kill = _chord_run(ours_chord, ours_done, worker, headers, kill=True, timeout=timeout)
+    lost_ours = headers - ours_done()
+    chord_flows = Workflow.objects.filter(tenant=tenant, kind="chord").count()
+    for role in (worker, dispatcher, web):
+        role.stop()
+
+    results = _sqlalchemy_url()
+    proc, plain, _ = plain_worker(concurrency=QUICK_CONCURRENCY, acks_late=True, prefetch=1,
+                                  queue="plain-s10", results=results)
+
+    def theirs_chord():
+        return celery.chord((plain.signature("plain.add", args=(i, 1)) for i in range(headers)),
+                            plain.signature("plain.total"))
+
+    def theirs_done():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS'")
+            return cursor.fetchone()[0]
+
+    theirs = _chord_run(theirs_chord, theirs_done, proc, headers, kill=False, timeout=timeout)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM celery_taskmeta")
+    theirs_kill = _chord_run(theirs_chord, theirs_done, proc, headers, kill=True,
+                             timeout=timeout)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM celery_taskmeta WHERE status = 'FAILURE'")
+        lost_theirs = cursor.fetchone()[0]
+    proc.stop()
+
+    def outcome(run) -> str:
+        seconds, value, _ = run
+        return "callback right" if seconds is not None and value == expected else \
+            f"callback {'wrong: ' + str(value) if seconds is not None else 'never: ' + value}"
+
+    record("S10", f"chord of {headers:,} headers: time to the callback's result", ours[0],
+           theirs[0], "s", target="< baseline",
+           passed=ours[0] is not None and theirs[0] is not None and ours[0] < theirs[0],
+           note=f"Celery's chord API on both sides, quick worker x{QUICK_CONCURRENCY}, from "
+                f"apply_async to get(); Switchyard: {outcome(ours)}; Celery + database "
+                f"results (chord_unlock polling): {outcome(theirs)}")
+    record("S10", "the same chord, a pool process SIGKILLed mid-run: headers lost",
+           lost_ours, lost_theirs, "headers", target="0", passed=lost_ours == 0,
+           note=f"Switchyard: {outcome(ours_kill)} in "
+                f"{ours_kill[0] or 0:.1f} s ({chord_flows} chord workflows); Celery "
+                f"(acks_late, default reject_on_worker_lost): {outcome(theirs_kill)}; "
+                f"{ours_kill[2]}")

@@ -319,6 +319,19 @@ class WorkflowStep(models.Model):
         return f"{self.name} of {self.workflow_id}"
 
 
+class ChordHeader(models.Model):
+    """A header task of a registered Celery chord, by its frozen task id: the header's
+    message, when first admitted, finds its chord and body here in one primary-key read
+    (``jobs.workflow_submission.chord_join``), whatever the chord's size."""
+
+    job_id = models.UUIDField(primary_key=True)
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="headers")
+    body_id = models.UUIDField(help_text="The chord's body: the step this header releases.")
+
+    def __str__(self) -> str:
+        return f"header {self.job_id} of chord {self.workflow_id}"
+
+
 class PendingConfirm(models.Model):
     """Jobs written as published by a bulk submission whose broker confirms were
     not yet all seen.

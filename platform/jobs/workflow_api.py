@@ -373,10 +373,15 @@ class ChordRegisterApi(APIView):
                                     if k not in inputs},
                             depends_on=headers, job_id=body["task_id"])
             check_step_params(spec, tenant=request.auth)
-            with transaction.atomic():
-                workflow, created = chord_register(tenant=request.auth,
-                                                   group_id=data["group"],
-                                                   header_ids=headers, body=spec)
+            try:
+                with transaction.atomic():
+                    workflow, created = chord_register(tenant=request.auth,
+                                                       group_id=data["group"],
+                                                       header_ids=headers, body=spec)
+            except IntegrityError:  # an id already used by another chord or job
+                raise ValidationError({"headers": [
+                    "a header's or the body's task id is already another job's or another "
+                    "chord's"]}) from None
         answer = Response(workflow_representation(request, workflow), status=202,
                           headers={"Location": reverse("jobs:workflow-detail",
                                                        kwargs={"workflow_id": workflow.id})})

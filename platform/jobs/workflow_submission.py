@@ -18,7 +18,7 @@ from django.db import transaction
 import routing.celery_config as routing_celery
 from jobs.catalogue import InvalidParams, catalogue_task, validate_params
 from jobs.errors import InvalidSubmission
-from jobs.models import Job, OnFailure, Workflow, WorkflowStep
+from jobs.models import ChordHeader, Job, OnFailure, Workflow, WorkflowStep
 from jobs.options import SubmitOptions, apply_run_options, schedule_of
 from jobs.quotas import check_quotas
 from jobs.signals import job_events_for, workflow_event_send
@@ -270,6 +270,9 @@ def chord_register(*, tenant: Tenant | None, group_id, header_ids: Sequence[str]
         job=job, workflow=workflow, name=body.name, index=len(header_ids),
         depends_on=list(header_ids), inputs=dict(body.inputs),
         waiting_for=len(set(header_ids)))
+    ChordHeader.objects.bulk_create(
+        [ChordHeader(job_id=header, workflow=workflow, body_id=job.id) for header in header_ids],
+        batch_size=CHUNK)
     transaction.on_commit(lambda: workflow_event_send("started", kind=workflow.kind))
     return workflow, True
 
@@ -278,16 +281,13 @@ def chord_join(job: Job, *, group_id, index: int | None) -> WorkflowStep:
     """The (unsaved) step row making ``job`` (a chord header at its first sight, unsaved)
     a step of its registered chord; sets ``job.workflow``. ``InvalidSubmission`` saying
     why it cannot be. The caller saves the job, then the row, in one transaction."""
-    workflow = Workflow.objects.filter(id=group_id, kind=Workflow.Kind.CHORD).first()
-    if workflow is None or workflow.tenant_id != job.tenant_id:
-        raise InvalidSubmission("chord", "its chord was not registered with the platform: "
-                                "publish chords through switchyard_client.connect(), whose "
-                                "result backend registers them")
-    # The body was recorded first, after every header's index.
-    body = WorkflowStep.objects.filter(workflow=workflow, index=workflow.step_count - 1).first()
-    if body is None or str(job.id) not in body.depends_on:
-        raise InvalidSubmission("chord", f"it is not a header of chord {group_id} as "
-                                "registered")
-    job.workflow = workflow
-    return WorkflowStep(job=job, workflow=workflow, name=str(job.id), index=index or 0,
-                        dependents=[str(body.job_id)])
+    header = (ChordHeader.objects.filter(job_id=job.id, workflow_id=group_id)
+              .values_list("body_id", "workflow__tenant_id").first())
+    if header is None or header[1] != job.tenant_id:
+        raise InvalidSubmission("chord", f"it is not a header of a chord registered with "
+                                f"the platform as {group_id}: publish chords through "
+                                "switchyard_client.connect(), whose result backend registers "
+                                "them")
+    job.workflow_id = group_id
+    return WorkflowStep(job=job, workflow_id=group_id, name=str(job.id), index=index or 0,
+                        dependents=[str(header[0])])
