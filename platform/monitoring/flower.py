@@ -7,9 +7,12 @@ configuration file, authentication and pages) and adds:
 
 * ``/queues``: per lane and tier, throughput over the last minute and the
   window, jobs waiting and the oldest one's age, wait percentiles, and per lane
-  the broker's ready/unacked messages, consumers and dead letters; a "Queues"
+  the broker's ready/unacked messages, consumers and dead letters; below them, charts
+  of the last hour per lane and tier, minute by minute (runs finished, wait p50/p95:
+  ``monitoring.history``, which says why they come from the job table); a "Queues"
   tab on every page's navigation bar leads there;
-* ``/api/switchyard/queues``: the same as JSON (``monitoring.snapshot``);
+* ``/api/switchyard/queues``: the same as JSON (``monitoring.snapshot``, and the
+  hour under ``history``);
 * Flower's own ``/metrics`` behind its login: stock Flower serves it to anyone,
   and it names every worker and task;
 * an event receiver that does not declare ``celeryev`` (``switchyard.events``).
@@ -27,11 +30,17 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported once Django is set up (main)
+    from monitoring.history import LaneTierHistory
 
 #: The Flower release this launcher is written and tested against (requirements.txt).
 FLOWER_VERSION = "2.2.0"
 TEMPLATES = Path(__file__).resolve().parent / "flower_templates"
 QUEUES_TEMPLATE = "switchyard_queues.html"
+#: Templates of ours are named so; the rest are Flower's.
+OUR_TEMPLATES = "switchyard_"
 #: Inserted into Flower's navigation bar, before the end of its first list.
 NAV_ANCHOR = "</ul>"
 NAV_ITEM = """  <li class="nav-item">
@@ -49,7 +58,7 @@ def _window(handler) -> int:
         return 300
 
 
-def _snapshot(window: int) -> dict:
+def _snapshot(window: int, history: LaneTierHistory) -> dict:
     """Runs on Flower's executor: the ORM blocks."""
     from django.db import close_old_connections
 
@@ -57,7 +66,9 @@ def _snapshot(window: int) -> dict:
 
     close_old_connections()
     try:
-        return queue_snapshot(window=window).as_dict()
+        snap = queue_snapshot(window=window).as_dict()
+        snap["history"] = history.read()
+        return snap
     finally:
         close_old_connections()
 
@@ -86,18 +97,21 @@ def build_app_class():
     if flower_events.EventReceiver is not EventReceiver:
         raise RuntimeError("flower.events no longer uses Celery's EventReceiver")
     flower_events.EventReceiver = PlatformEventReceiver
+    from monitoring.history import LaneTierHistory
 
     class QueuesView(BaseHandler):
         @web.authenticated
         async def get(self):
             window = _window(self)
-            snap = await IOLoop.current().run_in_executor(None, _snapshot, window)
+            snap = await IOLoop.current().run_in_executor(
+                None, _snapshot, window, self.application.switchyard_history)
             self.render(QUEUES_TEMPLATE, snap=snap, snap_json=json.dumps(snap), window=window)
 
     class QueuesApi(BaseHandler):
         @web.authenticated
         async def get(self):
-            snap = await IOLoop.current().run_in_executor(None, _snapshot, _window(self))
+            snap = await IOLoop.current().run_in_executor(
+                None, _snapshot, _window(self), self.application.switchyard_history)
             self.set_header("Content-Type", "application/json; charset=UTF-8")
             self.set_header("Cache-Control", "no-store")
             self.write(json.dumps(snap))
@@ -113,7 +127,7 @@ def build_app_class():
         """Flower's templates, with the Queues tab in its navigation bar and our page."""
 
         def _create_template(self, name):
-            if name == QUEUES_TEMPLATE:
+            if name.startswith(OUR_TEMPLATES):
                 return template.Template((TEMPLATES / name).read_text(), name=name, loader=self)
             if name == "navbar.html":
                 text = (Path(self.root) / name).read_text()
@@ -127,6 +141,7 @@ def build_app_class():
         def __init__(self, options=None, **kwargs):
             kwargs["template_loader"] = TemplateLoader(kwargs["template_path"])
             super().__init__(options=options, **kwargs)
+            self.switchyard_history = LaneTierHistory()
             ours = [url(r"/queues", QueuesView, name="switchyard-queues"),
                     url(r"/api/switchyard/queues", QueuesApi, name="switchyard-queues-api"),
                     url(r"/metrics", LoginMetrics, name="switchyard-flower-metrics")]
