@@ -1,5 +1,6 @@
 """Flower's additions, in one process: the hour's per-minute history behind the Queues
-page's charts (``monitoring.history``).
+page's charts (``monitoring.history``). The real Flower in a browser:
+tests/test_browser_flower.py.
 """
 from __future__ import annotations
 
