@@ -10,12 +10,12 @@ is its Celery task id) in bounded batches, and kept on Flower's own task objects
   the lane, tier or tenant: ``task-received`` has no routing key or headers, and
   ``task-sent`` (which has the routing key) is sent only by ``send_task``: the bulk
   path writes its messages without Celery, and no event carries the tenant.
-* Adding them to the worker's events would cost every task a change in the worker's
-  main process, whose event publishing is already its hottest path
-  (``switchyard.worker``), and would show the message's *claims*: the ``tenant``
-  header is only a claim when a tenant's broker user sends a Celery-native message,
-  and such a message may run under a corrected lane or tier (``Job.received_as``).
-  The job record holds what the platform decided, authenticated.
+* Adding them to the worker's events would change how every task's events are made
+  in the worker's main process (which publishes them all), and would show the
+  message's *claims*: the ``tenant`` header is only a claim when a tenant's broker
+  user sends a Celery-native message (the worker runs it as the sender's own tenant,
+  ``jobs.senders``), and such a message may run under a corrected lane or tier
+  (``Job.received_as``). The job record holds what the platform decided.
 * The lookup is bounded: a task is looked up once it is first seen (at most
   ``BATCH`` ids per query, on the primary key, every ``INTERVAL_MS``), its labels live
   and die with Flower's task object (``max_tasks`` bounds both), and a task still not
