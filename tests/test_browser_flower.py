@@ -182,5 +182,13 @@ def test_flower_charts_the_hour_and_shows_and_filters_tasks_by_lane_tier_and_ten
     browser.get(f"{flower}/tasks?tenant=acme")
     wait_until(lambda: _table_settled(browser) and set(_rows(browser)) == premium_quick, 15,
                "only acme's tasks from the address", interval=0.5)
+    # ... and each chart's link on the Queues page opens its lane and tier's tasks
+    browser.get(f"{flower}/queues")
+    browser.find_element(By.ID, "sy-tasks-link-slow-standard").click()
+    wait_until(lambda: "/tasks" in browser.current_url and _table_settled(browser)
+               and set(_rows(browser)) == set(slow), 15, "the slow/standard tasks",
+               interval=0.5)
+    assert Select(browser.find_element(By.ID, "sy-filter-lane")).first_selected_option.text \
+        == "slow"
     for role in roles:
         role.assert_running()
