@@ -1,5 +1,6 @@
 """Flower's Queues charts and its Tasks page's lane, tier and tenant, in a real headless
-Chromium, against the real Flower role and real workers running real jobs.
+Chromium that can reach nothing but this machine, against the real Flower role and real
+workers running real jobs.
 
 The browser: tests/browser_support.py. Screenshots: ``var/screenshots/flower-history.png``,
 ``flower-tasks.png``, ``flower-tasks-filtered.png``.
@@ -15,7 +16,7 @@ import pytest
 from jobs.bulk import BulkJob, job_submit_bulk
 from jobs.models import Job
 from tenants.models import Tenant
-from tests.browser_support import SCREENSHOTS
+from tests.browser_support import SCREENSHOTS, requested_urls
 from tests.processes import wait_until
 from tests.test_lanes import start_lane
 from tests.test_platform import free_port, http_status
@@ -69,10 +70,11 @@ def _table_settled(browser) -> bool:
 
 
 def test_flower_charts_the_hour_and_shows_and_filters_tasks_by_lane_tier_and_tenant(
-        browser, start_role, management):
+        offline_browser, start_role, management):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
+    browser = offline_browser
     port = free_port()
     flower = f"http://127.0.0.1:{port}"
     roles = [start_role("flower", FLOWER_PORT=str(port), FLOWER_BASIC_AUTH=AUTH),
@@ -190,5 +192,9 @@ def test_flower_charts_the_hour_and_shows_and_filters_tasks_by_lane_tier_and_ten
                interval=0.5)
     assert Select(browser.find_element(By.ID, "sy-filter-lane")).first_selected_option.text \
         == "slow"
+    # Everything the pages loaded came from Flower itself: the charts are drawn in the page
+    sent, _ = requested_urls(browser)
+    sent = [u for u in sent if u.split(":", 1)[0] in {"http", "https", "ws", "wss"}]
+    assert sent and [u for u in sent if not u.startswith(flower)] == []
     for role in roles:
         role.assert_running()
