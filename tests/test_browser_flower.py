@@ -34,8 +34,8 @@ def _flower_json(url: str):
         return json.load(response)
 
 
-def _succeeded(ids) -> bool:
-    return Job.objects.filter(id__in=ids, status=Job.Status.SUCCEEDED).count() == len(ids)
+def _succeeded(ids, status=Job.Status.SUCCEEDED) -> bool:
+    return Job.objects.filter(id__in=ids, status=status).count() == len(ids)
 
 
 def _points(browser, chart: str, series: str) -> list[float]:
@@ -97,16 +97,21 @@ def test_flower_charts_the_hour_and_shows_and_filters_tasks_by_lane_tier_and_ten
         return any(probe in seen for probe in probes)
 
     wait_until(flower_saw_a_probe, 60, "Flower to see a task run", interval=1, roles=roles)
-    # When premium quick jobs and standard slow jobs run on their lanes' workers
+    # When premium quick jobs (one of them failing) and standard slow jobs run on their
+    # lanes' workers
     quick = [str(job_id) for job_id in job_submit_bulk(tenant=acme, jobs=[
         BulkJob(task="demo.quick_task", params={"x": i}) for i in range(QUICK_JOBS)]).job_ids]
     slow = [str(job_id) for job_id in job_submit_bulk(tenant=smallco, jobs=[
         BulkJob(task="demo.slow_task", params={"seconds": 0.05})] * SLOW_JOBS).job_ids]
-    wait_until(lambda: _succeeded(quick + slow), 60, "the jobs to run", roles=roles)
-    seen = wait_until(lambda: (lambda tasks: tasks if set(quick + slow) <= set(tasks) else None)(
+    failed = [str(job_id) for job_id in job_submit_bulk(
+        tenant=acme, jobs=[BulkJob(task="demo.fail")]).job_ids]
+    wait_until(lambda: _succeeded(quick + slow) and _succeeded(failed, Job.Status.FAILED), 60,
+               "the jobs to run", roles=roles)
+    ran = quick + slow + failed
+    seen = wait_until(lambda: (lambda tasks: tasks if set(ran) <= set(tasks) else None)(
         _flower_json(f"{flower}/api/tasks?limit=1000")), 30, "Flower to see every job run",
         interval=0.5, roles=roles)
-    premium_quick = set(quick) | (set(probes) & set(seen))
+    acmes = set(quick) | set(failed) | (set(probes) & set(seen))
 
     # Then the Queues page charts them, per lane and tier, minute by minute
     token = base64.b64encode(AUTH.encode()).decode()
@@ -114,11 +119,13 @@ def test_flower_charts_the_hour_and_shows_and_filters_tasks_by_lane_tier_and_ten
     browser.execute_cdp_cmd("Network.setExtraHTTPHeaders",
                             {"headers": {"Authorization": f"Basic {token}"}})
     browser.get(f"{flower}/queues")
-    finished = len(quick) + len(probes)
+    finished = len(quick) + len(failed) + len(probes)
     wait_until(lambda: sum(_points(browser, "sy-chart-done-quick-premium", "finished"))
                == finished and sum(_points(browser, "sy-chart-done-slow-standard", "finished"))
                == SLOW_JOBS, 30, "the charts to count every run of quick/premium and "
                "slow/standard", interval=0.5, roles=roles)
+    assert sum(_points(browser, "sy-chart-done-quick-premium", "failed")) == len(failed)
+    assert _points(browser, "sy-chart-done-slow-standard", "failed") == []
     for key in ("quick-premium", "slow-standard"):
         assert _points(browser, f"sy-chart-wait-{key}", "p95"), f"no wait point for {key}"
         assert all(v >= 0 for v in _points(browser, f"sy-chart-wait-{key}", "p50"))
@@ -142,7 +149,7 @@ def test_flower_charts_the_hour_and_shows_and_filters_tasks_by_lane_tier_and_ten
         browser.get(f"{flower}/tasks")
         wait_until(lambda: _rows(browser) and _table_settled(browser), 15, "the tasks table")
         rows = _rows(browser)
-        return rows if all(rows.get(i, {}).get("tenant") for i in quick + slow) else None
+        return rows if all(rows.get(i, {}).get("tenant") for i in ran) else None
 
     rows = wait_until(labelled_rows, 30, "the tasks to show their labels", interval=0.5,
                       roles=roles)
@@ -150,9 +157,10 @@ def test_flower_charts_the_hour_and_shows_and_filters_tasks_by_lane_tier_and_ten
         "return Array.from(document.querySelectorAll('.dataTables_scrollHead th'))"
         ".map(th => th.textContent.trim());")
     assert {"Lane", "Tier", "Tenant"} <= set(headers)
-    for task_id in quick:
+    for task_id in quick + failed:
         assert (rows[task_id]["lane"], rows[task_id]["tier"], rows[task_id]["tenant"]) == (
             "quick", "premium", "acme")
+    assert rows[failed[0]]["state"] == "FAILURE"
     for task_id in slow:
         assert (rows[task_id]["lane"], rows[task_id]["tier"], rows[task_id]["tenant"]) == (
             "slow", "standard", "smallco")
@@ -176,13 +184,13 @@ def test_flower_charts_the_hour_and_shows_and_filters_tasks_by_lane_tier_and_ten
                       15, "no task", interval=0.5)
     # ... and a tenant alone lists that tenant's tasks, also after a reload of the page
     browser.find_element(By.ID, "sy-filter-clear").click()
-    wait_until(lambda: _table_settled(browser) and set(_rows(browser)) >= set(quick + slow), 15,
+    wait_until(lambda: _table_settled(browser) and set(_rows(browser)) >= set(ran), 15,
                "every task again")
     browser.find_element(By.ID, "sy-filter-tenant").send_keys("smallco")
     wait_until(lambda: _table_settled(browser) and set(_rows(browser)) == set(slow), 15,
                "only smallco's tasks", interval=0.5)
     browser.get(f"{flower}/tasks?tenant=acme")
-    wait_until(lambda: _table_settled(browser) and set(_rows(browser)) == premium_quick, 15,
+    wait_until(lambda: _table_settled(browser) and set(_rows(browser)) == acmes, 15,
                "only acme's tasks from the address", interval=0.5)
     # ... and each chart's link on the Queues page opens its lane and tier's tasks
     browser.get(f"{flower}/queues")
