@@ -29,6 +29,10 @@ basic_auth = [_auth]
 
 # Queue lengths on Flower's Broker page come from RabbitMQ's management API.
 broker_api = os.environ.get("FLOWER_BROKER_API") or management_url_for(broker_url()) + "/api/"
+# The Tasks page's columns: Flower's, with each task's lane, tier and tenant
+# (monitoring/flower_tasks.py).
+tasks_columns = os.environ.get("FLOWER_TASKS_COLUMNS",
+                               "name,uuid,state,lane,tier,tenant,received,runtime,worker")
 max_tasks = int(os.environ.get("FLOWER_MAX_TASKS", "10000"))
 persistent = False
 purge_offline_workers = 300
