@@ -290,13 +290,6 @@ SWITCHYARD_FLOWER_PORT = env_int("FLOWER_PORT", 5555)
 SWITCHYARD_RUNBOOKS_DIR = Path(os.environ.get("SWITCHYARD_RUNBOOKS_DIR")
                                or REPO_DIR / "docs" / "runbooks")
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("SWITCHYARD_LOG_LEVEL", "INFO")},
-}
 
 # Celery ---------------------------------------------------------------------------------
 # Read by switchyard/celery.py through config_from_object(namespace="CELERY").
