@@ -31,7 +31,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_LINES = 400
-APPS = frozenset({"jobs", "tenants", "media", "monitoring", "demo"})
+APPS = frozenset({"jobs", "tenants", "media", "monitoring", "demo", "schedules"})
 #: Top-level packages of Django and its ecosystem: routing/ must import none of them.
 DJANGO_PACKAGES = frozenset({"django", "rest_framework", "drf_spectacular", "dj_database_url",
                              "storages", "whitenoise"})

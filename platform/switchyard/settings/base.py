@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "tenants",
     "jobs",
+    "schedules",
     "media",
     *(["demo"] if SWITCHYARD_DEMO_TASKS else []),
     "monitoring",
@@ -189,6 +190,9 @@ SWITCHYARD_MAX_JSON_MEMORY_BYTES = env_int("SWITCHYARD_MAX_JSON_MEMORY_BYTES",
 # Seconds a tenant's quota counts are reused by a process before they are read
 # again (each read scans the tenant's waiting jobs); 0 reads them every time.
 SWITCHYARD_QUOTA_COUNT_TTL = float(os.environ.get("SWITCHYARD_QUOTA_COUNT_TTL") or 1.0)
+# Schedules (docs/schedules.md): a fire time seen more than this many seconds late was
+# missed (no dispatcher ran), and its schedule's catch_up decides whether it runs.
+SWITCHYARD_SCHEDULE_GRACE = float(os.environ.get("SWITCHYARD_SCHEDULE_GRACE") or 60)
 # Django's own backstop (a body without Content-Length); the middleware is stricter.
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(SWITCHYARD_MAX_BODY_BYTES, SWITCHYARD_MAX_BATCH_BODY_BYTES)
 

@@ -8,7 +8,13 @@ before the broker confirmed them (``jobs.dispatch.job_reclaim_unconfirmed``);
 every ``--reconcile-every`` seconds it takes a census of each lane queue against
 the job table and publishes again the jobs whose message the broker lost
 (``jobs.reconcile``); every ``--sweep-every`` seconds it counts workflow step ends
-that no path counted yet (``jobs.workflows.workflow_sweep``).
+that no path counted yet (``jobs.workflows.workflow_sweep``); every
+``--schedule-every`` seconds it fires the tenants' schedules that are due
+(``schedules.firing.schedule_fire_due``: exactly once per fire time, also with
+several dispatchers). Schedules fire here rather than from Celery beat: beat keeps
+one schedule in one process, and two beats fire everything twice; the dispatcher
+already runs in several copies, locks rows with SKIP LOCKED, and its publish pass
+publishes each fired job like any other due job.
 It applies fair sharing (``jobs.fairness``): held jobs enter their tenant's
 window as it frees, and every ``--promote-every`` seconds standard jobs are
 promoted where the standard tier's starvation bound needs it. It keeps no
@@ -35,6 +41,7 @@ from jobs.dispatch import (
 from jobs.reconcile import job_reconcile
 from jobs.signals import process_started
 from jobs.workflows import workflow_sweep
+from schedules.firing import schedule_fire_due
 
 logger = logging.getLogger(__name__)
 #: Jobs published per pass at most.
@@ -58,12 +65,16 @@ class Command(BaseCommand):
         parser.add_argument("--reconcile-every", type=float, default=30.0,
                             help="seconds between censuses of the lane queues against the "
                                  "job table (default 30; 0: never)")
+        parser.add_argument("--schedule-every", type=float, default=1.0,
+                            help="seconds between passes over the schedules that are due "
+                                 "(default 1)")
         parser.add_argument("--once", action="store_true", help="one scan, then exit")
 
     def handle(self, *args, interval: float, reap_every: float, promote_every: float,
-               reconcile_every: float, sweep_every: float, once: bool, **options):
+               reconcile_every: float, sweep_every: float, schedule_every: float,
+               once: bool, **options):
         stopping = False
-        next_reap = next_promote = next_sweep = 0.0
+        next_reap = next_promote = next_sweep = next_schedule = 0.0
         # The first census waits a full period: a dispatcher (re)started with the
         # rest of the platform lets the management API's figures settle first.
         next_reconcile = time.monotonic() + reconcile_every
@@ -100,6 +111,16 @@ class Command(BaseCommand):
                     workflow_sweep()
                 except Exception:
                     logger.exception("workflow sweep failed")
+            if time.monotonic() >= next_schedule:
+                next_schedule = time.monotonic() + schedule_every
+                try:
+                    fired = schedule_fire_due()
+                except Exception:
+                    logger.exception("schedule pass failed")
+                else:
+                    if fired.fired or fired.skipped or fired.buffered:
+                        logger.info("schedules: %d fired, %d skipped, %d buffered",
+                                    fired.fired, fired.skipped, fired.buffered)
             if time.monotonic() >= next_promote:
                 next_promote = time.monotonic() + promote_every
                 try:
