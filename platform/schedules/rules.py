@@ -119,15 +119,15 @@ def schedule_check(*, task: str, params: Mapping[str, Any], cron: str, timezone:
     if bool(cron) == (every is not None):
         raise InvalidSubmission("cron" if not cron else "every",
                                 "give either cron (with timezone) or every, not both")
+    try:  # also with every, where it is unused: a wrong name is still a mistake
+        cron_rules.zone(timezone)
+    except cron_rules.InvalidCron as exc:
+        raise InvalidSubmission("timezone", str(exc)) from None
     if cron:
         try:
             cron_rules.parse(cron)
         except cron_rules.InvalidCron as exc:
             raise InvalidSubmission("cron", str(exc)) from None
-        try:
-            cron_rules.zone(timezone)
-        except cron_rules.InvalidCron as exc:
-            raise InvalidSubmission("timezone", str(exc)) from None
     elif every < MIN_EVERY:
         raise InvalidSubmission("every", f"at least {MIN_EVERY} seconds")
     if not 0 <= jitter <= MAX_JITTER:

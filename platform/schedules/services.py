@@ -77,7 +77,7 @@ def schedule_update(*, schedule: Schedule, now: dt.datetime | None = None,
                        timezone=schedule.timezone, every=schedule.every,
                        jitter=schedule.jitter, start_at=schedule.start_at,
                        end_at=schedule.end_at, tenant=schedule.tenant)
-        if {"cron", "timezone", "every", "start_at", "end_at"} & set(changes):
+        if {"cron", "timezone", "every", "start_at", "end_at", "paused"} & set(changes):
             schedule.next_fire_at = next_fire_after(schedule, now)
         schedule.updated_at = now
         schedule.save()

@@ -18,6 +18,7 @@ urlpatterns = [
     path("", include("home.urls")),
     path("", include("monitoring.urls")),
     path("api/v1/", include("jobs.urls")),
+    path("api/v1/", include("schedules.urls")),
     path("api/v1/media/", include("media.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # Swagger UI and Redoc from drf-spectacular-sidecar's static files (settings: *_DIST),
