@@ -343,3 +343,39 @@ def test_end_at_stops_the_schedule(tenant):
     assert len(fires(schedule, "fired")) == 2
     schedule.refresh_from_db()
     assert schedule.next_fire_at is None
+
+
+# Lateness and metrics ----------------------------------------------------------------------
+
+def test_lateness_is_read_from_the_job_table_once_and_counted(
+        tenant, django_capture_on_commit_callbacks):
+    from prometheus_client import REGISTRY
+
+    from monitoring import metrics
+    from schedules.firing import schedule_observe_starts
+
+    metrics.connect()
+    fires_before = REGISTRY.get_sample_value("switchyard_schedule_fires_total",
+                                             {"task": "demo.quick_task"}) or 0
+    skips_before = REGISTRY.get_sample_value(
+        "switchyard_schedule_skips_total", {"task": "demo.quick_task", "reason": "missed"}) or 0
+    late_before = REGISTRY.get_sample_value("switchyard_schedule_lateness_seconds_count",
+                                            {"lane": "quick", "tier": "premium"}) or 0
+    schedule = every(tenant, 60)
+    with django_capture_on_commit_callbacks(execute=True):
+        schedule_fire_due(now=at("2026-06-01T00:03:00"))  # 00:01, 00:02 missed; 00:03 fires
+    fired = fires(schedule, "fired")[0]
+    assert schedule_observe_starts() == 0  # not started yet: nothing to observe
+    Job.objects.filter(id=fired.job_id).update(status=Job.Status.STARTED,
+                                               started_at=at("2026-06-01T00:03:04"))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert schedule_observe_starts() == 1
+        assert schedule_observe_starts() == 0  # once
+    fired.refresh_from_db()
+    assert fired.lateness == 4.0 and fired.observed
+    assert REGISTRY.get_sample_value("switchyard_schedule_fires_total",
+                                     {"task": "demo.quick_task"}) == fires_before + 1
+    assert REGISTRY.get_sample_value("switchyard_schedule_skips_total", {
+        "task": "demo.quick_task", "reason": "missed"}) == skips_before + 2
+    assert REGISTRY.get_sample_value("switchyard_schedule_lateness_seconds_count", {
+        "lane": "quick", "tier": "premium"}) == late_before + 1

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from prometheus_client import multiprocess as prom_multiprocess
 
 from jobs.signals import job_event, workflow_event
+from schedules.signals import schedule_event
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,19 @@ WORKFLOWS_FINISHED = Counter("switchyard_workflows_finished",
                              "Workflows finished, by outcome (succeeded, failed, cancelled).",
                              ["kind", "status"])
 
+#: Schedules (``schedules.firing``): fire times by what they gave, and how late their jobs
+#: started. Labelled by task and, for a skip, its reason (a short fixed list).
+SCHEDULE_FIRES = Counter("switchyard_schedule_fires",
+                         "Schedule fire times that submitted a job (trigger included).",
+                         ["task"])
+SCHEDULE_SKIPS = Counter("switchyard_schedule_skips",
+                         "Schedule fire times that gave no job, by reason (missed, overlap, "
+                         "quota, invalid).", ["task", "reason"])
+SCHEDULE_LATENESS = Histogram("switchyard_schedule_lateness_seconds",
+                              "From a schedule's fire time to its job's first start (jitter "
+                              "included), seen in the job table by the dispatcher.",
+                              ["lane", "tier"], buckets=BUCKETS)
+
 
 def multiprocess_dir() -> str | None:
     """The directory every process of this host records into, or None."""
@@ -131,12 +145,29 @@ def on_workflow_event(sender=None, event: str = "", kind: str = "", status: str 
         logger.exception("could not record workflow event %s", event)
 
 
+def on_schedule_event(sender=None, event: str = "", task: str = "", reason: str = "",
+                      lane: str = "", tier: str = "", lateness: float | None = None,
+                      **_) -> None:
+    """Receiver of ``schedules.signals.schedule_event``."""
+    try:
+        if event == "fired":
+            SCHEDULE_FIRES.labels(task).inc()
+        elif event == "skipped":
+            SCHEDULE_SKIPS.labels(task, reason).inc()
+        elif event == "started" and lateness is not None:
+            SCHEDULE_LATENESS.labels(lane, tier).observe(lateness)
+    except Exception:  # metrics must never fail a fire
+        logger.exception("could not record schedule event %s", event)
+
+
 def connect() -> None:
+    schedule_event.connect(on_schedule_event, dispatch_uid="monitoring.metrics.schedules")
     job_event.connect(on_job_event, dispatch_uid="monitoring.metrics")
     workflow_event.connect(on_workflow_event, dispatch_uid="monitoring.metrics.workflows")
 
 
 def disconnect() -> None:
+    schedule_event.disconnect(dispatch_uid="monitoring.metrics.schedules")
     job_event.disconnect(dispatch_uid="monitoring.metrics")
     workflow_event.disconnect(dispatch_uid="monitoring.metrics.workflows")
 
@@ -150,6 +181,6 @@ def recorded_registry() -> CollectorRegistry:
         prom_multiprocess.MultiProcessCollector(registry, path=directory)
     else:
         for metric in (*COUNTERS.values(), *HISTOGRAMS.values(), WORKFLOWS_STARTED,
-                       WORKFLOWS_FINISHED):
+                       WORKFLOWS_FINISHED, SCHEDULE_FIRES, SCHEDULE_SKIPS, SCHEDULE_LATENESS):
             registry.register(metric)
     return registry

@@ -27,6 +27,7 @@ the earlier ones are always recorded skipped ``missed``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -103,6 +104,33 @@ def schedule_fire_due(*, now: dt.datetime | None = None, limit: int = 100) -> Fi
         result.skipped += outcome.skipped
         result.buffered += outcome.buffered
     return result
+
+
+def schedule_observe_starts(*, limit: int = 500) -> int:
+    """Record each fired job's lateness (fire time to its first start, from the job
+    table) on its fire record, once, and tell observers (the lateness histogram);
+    fires whose job ended without starting, or is gone, are only marked. Returns how
+    many fire records it marked."""
+    with transaction.atomic():
+        fires = list(ScheduleFire.objects.select_for_update(skip_locked=True, of=("self",))
+                     .filter(outcome=ScheduleFire.Outcome.FIRED, observed=False)
+                     .select_related("job").order_by("id")[:limit])
+        seen = []
+        for fire in fires:
+            job = fire.job
+            if job is not None and job.started_at is not None:
+                fire.lateness = max(0.0, (job.started_at - fire.fire_at).total_seconds())
+            elif job is not None and job.status not in Job.FINISHED:
+                continue  # not started yet
+            fire.observed = True
+            seen.append(fire)
+        ScheduleFire.objects.bulk_update(seen, ["lateness", "observed"])
+        for fire in seen:
+            if fire.lateness is not None:
+                transaction.on_commit(functools.partial(
+                    schedule_event_send, "started", task=fire.job.task, lane=fire.job.lane,
+                    tier=fire.job.tier, lateness=fire.lateness))
+    return len(seen)
 
 
 def _fire(schedule: Schedule, now: dt.datetime, outcome: FirePass) -> None:

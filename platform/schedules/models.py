@@ -87,6 +87,11 @@ class ScheduleFire(models.Model):
     job = models.OneToOneField(Job, null=True, blank=True, on_delete=models.SET_NULL,
                                related_name="schedule_fire")
     recorded_at = models.DateTimeField()
+    lateness = models.FloatField(
+        null=True, blank=True,
+        help_text="Seconds from the fire time to its job's first start (jitter included).")
+    observed = models.BooleanField(
+        default=False, help_text="Its job started (lateness set) or ended without starting.")
 
     class Meta:
         ordering = ["-fire_at"]
@@ -97,7 +102,10 @@ class ScheduleFire(models.Model):
         ]
         indexes = [models.Index(fields=["schedule", "-fire_at"]),
                    models.Index(fields=["schedule"], name="schedule_fires_buffered",
-                                condition=models.Q(outcome="buffered"))]
+                                condition=models.Q(outcome="buffered")),
+                   # Fired, its job's start not yet seen (schedules.firing.schedule_observe_starts).
+                   models.Index(fields=["id"], name="schedule_fires_unobserved",
+                                condition=models.Q(outcome="fired", observed=False))]
 
     def __str__(self) -> str:
         return f"{self.schedule_id} @ {self.fire_at:%Y-%m-%d %H:%M:%S}: {self.outcome}"

@@ -41,7 +41,7 @@ from jobs.dispatch import (
 from jobs.reconcile import job_reconcile
 from jobs.signals import process_started
 from jobs.workflows import workflow_sweep
-from schedules.firing import schedule_fire_due
+from schedules.firing import schedule_fire_due, schedule_observe_starts
 
 logger = logging.getLogger(__name__)
 #: Jobs published per pass at most.
@@ -115,6 +115,7 @@ class Command(BaseCommand):
                 next_schedule = time.monotonic() + schedule_every
                 try:
                     fired = schedule_fire_due()
+                    schedule_observe_starts()
                 except Exception:
                     logger.exception("schedule pass failed")
                 else:
