@@ -143,3 +143,42 @@ def test_trigger_over_quota_is_429_and_a_fire_over_quota_is_recorded(api):
     assert (fire.outcome, fire.reason) == ("skipped", "quota")
     runs = api.get(f"/api/v1/schedules/{body['id']}").json()["last_runs"]
     assert runs[0]["outcome"] == "skipped" and runs[0]["reason"] == "quota"
+
+
+def test_admin_lists_schedules_per_tenant_with_their_next_fire_time(api, client):
+    from django.contrib.auth.models import User
+    body = create(api, DAILY)
+    User.objects.create_user("ops", password="pw", is_staff=True, is_superuser=True)
+    assert client.login(username="ops", password="pw")
+    page = client.get(f"/admin/schedules/schedule/?tenant__id__exact={api.tenant.id}")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert body["id"] in text and "30 2 * * *" in text and "Europe/Berlin" in text
+    detail = client.get(f"/admin/schedules/schedule/{body['id']}/change/")
+    assert detail.status_code == 200
+    resp = client.post("/admin/schedules/schedule/", {
+        "action": "pause", "_selected_action": [body["id"]]})
+    assert resp.status_code == 302 and Schedule.objects.get(id=body["id"]).paused
+
+
+def test_the_schedules_command_lists_shows_and_fires(api):
+    import io
+
+    from django.core.management import call_command
+    body = create(api, {"task": "demo.quick_task", "params": {"x": 1}, "every": 10,
+                        "overlap": "allow"})
+    Schedule.objects.filter(id=body["id"]).update(
+        next_fire_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5))
+    out = io.StringIO()
+    call_command("schedules", "list", "--overdue", stdout=out)
+    assert body["id"] in out.getvalue() and "OVERDUE" in out.getvalue()
+    out = io.StringIO()
+    call_command("schedules", "fire", stdout=out)
+    assert out.getvalue().startswith("1 fired, 0 skipped")
+    out = io.StringIO()
+    call_command("schedules", "show", body["id"], stdout=out)
+    assert "fired" in out.getvalue() and "every 10 s" in out.getvalue()
+    call_command("schedules", "pause", body["id"], stdout=io.StringIO())
+    assert Schedule.objects.get(id=body["id"]).paused
+    call_command("schedules", "resume", body["id"], stdout=io.StringIO())
+    assert not Schedule.objects.get(id=body["id"]).paused

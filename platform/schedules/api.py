@@ -69,7 +69,7 @@ class FireOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = ScheduleFire
         fields = ["fire_at", "triggered", "outcome", "reason", "detail", "job", "job_status",
-                  "recorded_at"]
+                  "lateness", "recorded_at"]
 
 
 class ScheduleOutputSerializer(serializers.ModelSerializer):
