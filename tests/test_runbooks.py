@@ -38,7 +38,8 @@ RABBITMQ_PODS = {f"{d['metadata']['name']}-server-{n}" for d in K8S
                  if d["kind"] == "RabbitmqCluster" for n in range(d["spec"]["replicas"])}
 EXTERNAL = {"rabbitmqctl", "rabbitmq-diagnostics", "rabbitmq-plugins", "rabbitmq-queues",
             "rabbitmq-upgrade", "curl", "psql", "df", "grep", "set", "."}
-PLACEHOLDERS = {"JOB_ID": str(uuid.uuid4()), "WORKFLOW_ID": str(uuid.uuid4())}
+PLACEHOLDERS = {"JOB_ID": str(uuid.uuid4()), "WORKFLOW_ID": str(uuid.uuid4()),
+                "SCHEDULE_ID": str(uuid.uuid4())}
 MAKE_TARGETS = set(re.findall(r"^([\w.-]+):", (REPO / "Makefile").read_text(), re.M))
 
 COMMANDS = runbooks.all_commands()

@@ -379,3 +379,18 @@ def test_lateness_is_read_from_the_job_table_once_and_counted(
         "task": "demo.quick_task", "reason": "missed"}) == skips_before + 2
     assert REGISTRY.get_sample_value("switchyard_schedule_lateness_seconds_count", {
         "lane": "quick", "tier": "premium"}) == late_before + 1
+
+
+def test_fire_records_older_than_the_retention_are_pruned_the_buffered_kept(tenant):
+    from schedules.retention import schedule_fire_prune
+    from switchyard.clock import platform_now
+
+    schedule = every(tenant, 60)
+    old = platform_now() - dt.timedelta(days=40)
+    for minutes, outcome in ((0, "skipped"), (1, "buffered"), (2, "fired")):
+        ScheduleFire.objects.create(schedule=schedule, outcome=outcome, recorded_at=old,
+                                    fire_at=old + dt.timedelta(minutes=minutes))
+    ScheduleFire.objects.create(schedule=schedule, outcome="skipped", recorded_at=old,
+                                fire_at=platform_now() - dt.timedelta(days=1))
+    assert schedule_fire_prune(older_than=dt.timedelta(days=30)) == 2
+    assert sorted(f.outcome for f in fires(schedule)) == ["buffered", "skipped"]

@@ -446,6 +446,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "jobs.prune_finished",
         "schedule": 3600.0,
     },
+    # Schedules' fire records, kept as long as the jobs (docs/schedules.md).
+    "schedules-prune-fires": {
+        "task": "schedules.prune_fires",
+        "schedule": 3600.0,
+    },
     # Permanently delete files trashed more than SWITCHYARD_MEDIA_TRASH_RETENTION_DAYS ago.
     # Delete staged uploads whose job will never read them (cancelled, expired, dead).
     "media-sweep-staging": {
