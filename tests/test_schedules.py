@@ -394,3 +394,26 @@ def test_fire_records_older_than_the_retention_are_pruned_the_buffered_kept(tena
                                 fire_at=platform_now() - dt.timedelta(days=1))
     assert schedule_fire_prune(older_than=dt.timedelta(days=30)) == 2
     assert sorted(f.outcome for f in fires(schedule)) == ["buffered", "skipped"]
+
+
+def test_several_times_in_one_spring_gap_fire_once_at_its_end(tenant):
+    schedule = daily(tenant, "*/15 2 * * *", "Europe/Berlin", created="2026-03-28T23:00:00")
+    run_passes("2026-03-28T23:00:00", "2026-03-29T03:00:00", 60)
+    assert [f.fire_at for f in fires(schedule)] == [at("2026-03-29T01:00:00")]
+
+
+def test_a_rule_that_never_fires_is_refused(tenant):
+    from jobs.errors import InvalidSubmission
+    with pytest.raises(InvalidSubmission, match="never fires") as refused:
+        daily(tenant, "0 0 30 2 *", "UTC", created="2026-06-01T00:00:00")
+    assert refused.value.field == "cron"
+
+
+def test_an_inactive_tenants_schedule_records_its_fires_skipped(tenant):
+    schedule = every(tenant, 60)
+    tenant.is_active = False
+    tenant.save()
+    schedule_fire_due(now=at("2026-06-01T00:01:00"))
+    (fire,) = fires(schedule)
+    assert (fire.outcome, fire.reason) == ("skipped", "invalid")
+    assert "inactive" in fire.detail and not Job.objects.exists()

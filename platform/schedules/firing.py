@@ -232,6 +232,8 @@ def schedule_job(schedule: Schedule, fire_at: dt.datetime, now: dt.datetime, *,
     dispatcher's publish pass publishes it. Raises ``QuotaExceeded``, ``UnknownTask``,
     ``InvalidParams``."""
     tenant = schedule.tenant
+    if not tenant.is_active:  # the API refuses its requests; its schedules stop too
+        raise InvalidSubmission("tenant", f"tenant {tenant.name} is inactive")
     entry = catalogue_task(schedule.task)
     if entry is None:  # the task left this deployment after the schedule was made
         raise UnknownTask(unknown_task_message(schedule.task))

@@ -125,9 +125,12 @@ def schedule_check(*, task: str, params: Mapping[str, Any], cron: str, timezone:
         raise InvalidSubmission("timezone", str(exc)) from None
     if cron:
         try:
-            cron_rules.parse(cron)
+            rule = cron_rules.parse(cron)
         except cron_rules.InvalidCron as exc:
             raise InvalidSubmission("cron", str(exc)) from None
+        if cron_rules.next_after(rule, cron_rules.zone(timezone),
+                                 start_at or dt.datetime.now(dt.UTC)) is None:
+            raise InvalidSubmission("cron", f"{cron!r} never fires (no such day)")
     elif every < MIN_EVERY:
         raise InvalidSubmission("every", f"at least {MIN_EVERY} seconds")
     if not 0 <= jitter <= MAX_JITTER:
