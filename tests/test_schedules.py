@@ -417,3 +417,23 @@ def test_an_inactive_tenants_schedule_records_its_fires_skipped(tenant):
     (fire,) = fires(schedule)
     assert (fire.outcome, fire.reason) == ("skipped", "invalid")
     assert "inactive" in fire.detail and not Job.objects.exists()
+
+
+def test_a_pass_fires_more_schedules_than_its_batch_and_one_broken_one_stops_none(
+        tenant, monkeypatch):
+    schedules = [every(tenant, 60) for _ in range(7)]
+    broken = schedules[3]
+    from schedules import firing
+
+    real = firing._fire
+
+    def fire(schedule, now, outcome):
+        if schedule.id == broken.id:
+            raise RuntimeError("a schedule the pass cannot fire")
+        real(schedule, now, outcome)
+
+    monkeypatch.setattr(firing, "_fire", fire)
+    done = schedule_fire_due(now=at("2026-06-01T00:01:00"), limit=2)
+    assert done.fired == 6
+    broken.refresh_from_db()
+    assert broken.next_fire_at == at("2026-06-01T00:01:00") and not fires(broken)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import time
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
@@ -72,38 +73,62 @@ class FirePass:
     buffered: int = 0
 
 
-def schedule_fire_due(*, now: dt.datetime | None = None, limit: int = 100) -> FirePass:
+def schedule_fire_due(*, now: dt.datetime | None = None, limit: int = 200,
+                      budget: float = 5.0) -> FirePass:
     """Fire what is due: each unpaused schedule whose ``next_fire_at`` has come, and
     each buffered fire whose schedule's last run ended. Safe in several dispatchers
-    at once (see the module). ``now`` is the platform's clock unless given (tests)."""
+    at once (see the module). ``now`` is the platform's clock unless given (tests).
+
+    Schedules are taken ``limit`` at a time, soonest first, until none is left or
+    ``budget`` seconds have passed (the dispatcher's other passes then get their
+    turn, and the next pass goes on): thousands of schedules on the same minute fire
+    in one pass without holding up the publishing of what they fired."""
     now = now or platform_now()
     result = FirePass()
+    deadline = time.monotonic() + budget
+    tried: set = set()
     buffered = set(ScheduleFire.objects.filter(outcome=ScheduleFire.Outcome.BUFFERED)
                    .values_list("schedule_id", flat=True)[:limit])
-    due = list(Schedule.objects.filter(paused=False, next_fire_at__lte=now)
-               .order_by("next_fire_at").values_list("id", flat=True)[:limit])
-    for schedule_id in [*due, *(buffered - set(due))]:
-        try:
-            with transaction.atomic():
-                schedule = (Schedule.objects.select_for_update(skip_locked=True, of=("self",))
-                            .select_related("tenant").filter(id=schedule_id).first())
-                if schedule is None:  # another dispatcher has it, or it was deleted
-                    continue
-                outcome = FirePass()
-                _release_buffered(schedule, now, outcome)
-                if not schedule.paused and schedule.next_fire_at and \
-                        schedule.next_fire_at <= now:
-                    _fire(schedule, now, outcome)
-        except IntegrityError:
-            # Only a fire time recorded already (another scheduler that did not take
-            # the row lock, e.g. on SQLite) gets here: nothing of this one was kept.
-            logger.warning("schedule %s: fire time already recorded; left as it was",
-                           schedule_id)
-            continue
-        result.fired += outcome.fired
-        result.skipped += outcome.skipped
-        result.buffered += outcome.buffered
+    while True:
+        due = list(Schedule.objects.filter(paused=False, next_fire_at__lte=now)
+                   .exclude(id__in=tried).order_by("next_fire_at")
+                   .values_list("id", flat=True)[:limit])
+        batch = [*due, *(buffered - set(due) - tried)]
+        if not batch:
+            break
+        for schedule_id in batch:
+            tried.add(schedule_id)
+            _fire_schedule(schedule_id, now, result)
+        if len(due) < limit or time.monotonic() > deadline:
+            break
     return result
+
+
+def _fire_schedule(schedule_id, now: dt.datetime, result: FirePass) -> None:
+    """Fire one schedule under its row lock, in one transaction; add what it did to
+    ``result``. A failure is logged and leaves that schedule as it was (its fire time
+    stays due); the other schedules go on."""
+    outcome = FirePass()
+    try:
+        with transaction.atomic():
+            schedule = (Schedule.objects.select_for_update(skip_locked=True, of=("self",))
+                        .select_related("tenant").filter(id=schedule_id).first())
+            if schedule is None:  # another dispatcher has it, or it was deleted
+                return
+            _release_buffered(schedule, now, outcome)
+            if not schedule.paused and schedule.next_fire_at and schedule.next_fire_at <= now:
+                _fire(schedule, now, outcome)
+    except IntegrityError:
+        # Only a fire time recorded already (another scheduler that did not take the
+        # row lock, e.g. on SQLite) gets here: nothing of this one was kept.
+        logger.warning("schedule %s: fire time already recorded; left as it was", schedule_id)
+        return
+    except Exception:
+        logger.exception("schedule %s: could not fire; its fire time stays due", schedule_id)
+        return
+    result.fired += outcome.fired
+    result.skipped += outcome.skipped
+    result.buffered += outcome.buffered
 
 
 def schedule_observe_starts(*, limit: int = 500) -> int:
