@@ -8,7 +8,7 @@ and answer through the shared API pieces (``jobs.api_support``): a refusal is a
 from __future__ import annotations
 
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiExample, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -27,6 +27,7 @@ from schedules.services import (
     schedule_update,
 )
 from switchyard.clock import platform_now
+from switchyard.openapi import ERRORS, ErrorSerializer
 
 #: Fire times shown by ``GET /api/v1/schedules/{id}``, and last runs.
 NEXT_FIRE_TIMES = 5
@@ -199,7 +200,10 @@ class ScheduleTriggerApi(APIView):
     """``POST /api/v1/schedules/{id}/trigger``: one run now, outside the rule; the
     next fire time stays. ``429`` if the tenant is over a quota."""
 
-    @extend_schema(request=None, responses={202: FireOutputSerializer})
+    @extend_schema(request=None, responses={
+        202: FireOutputSerializer,
+        # A bodiless POST is not given 429 by the schema's defaults; this one answers it.
+        429: OpenApiResponse(ErrorSerializer, description=ERRORS["429"])})
     def post(self, request, schedule_id):
         schedule = _own(request, schedule_id)
         with refusals():
