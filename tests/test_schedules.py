@@ -437,3 +437,14 @@ def test_a_pass_fires_more_schedules_than_its_batch_and_one_broken_one_stops_non
     assert done.fired == 6
     broken.refresh_from_db()
     assert broken.next_fire_at == at("2026-06-01T00:01:00") and not fires(broken)
+
+
+def test_zones_resolve_from_the_pinned_tzdata_where_the_host_has_none():
+    import zoneinfo
+    zoneinfo.reset_tzpath(to=[])  # as on a slim image without /usr/share/zoneinfo
+    try:
+        berlin = zoneinfo.ZoneInfo.no_cache("Europe/Berlin")
+        assert cron.next_after(cron.parse("30 2 * * *"), berlin, at("2026-03-28T12:00:00")) \
+            == at("2026-03-29T01:00:00")
+    finally:
+        zoneinfo.reset_tzpath()
