@@ -448,3 +448,15 @@ def test_zones_resolve_from_the_pinned_tzdata_where_the_host_has_none():
             == at("2026-03-29T01:00:00")
     finally:
         zoneinfo.reset_tzpath()
+
+
+@pytest.mark.parametrize("rule", ["@daily", "0 0 L * *", "0 0 ? * 1", "0 0 * * 1#2",
+                                  "0 0 0 * * *"])
+def test_extensions_of_other_crons_are_refused_not_misread(rule):
+    with pytest.raises(cron.InvalidCron):
+        cron.parse(rule)
+
+
+def test_names_and_sunday_as_7():
+    rule = cron.parse("0 9 * jan,dec mon-fri,7")
+    assert rule.months == {1, 12} and rule.weekdays == {0, 1, 2, 3, 4, 5}
