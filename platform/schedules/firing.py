@@ -136,9 +136,11 @@ def schedule_observe_starts(*, limit: int = 500) -> int:
     table) on its fire record, once, and tell observers (the lateness histogram);
     fires whose job ended without starting, or is gone, are only marked. Returns how
     many fire records it marked."""
+    unobserved = ScheduleFire.objects.filter(outcome=ScheduleFire.Outcome.FIRED, observed=False)
+    if not unobserved.exists():
+        return 0  # no transaction (on SQLite each one takes the write lock)
     with transaction.atomic():
-        fires = list(ScheduleFire.objects.select_for_update(skip_locked=True, of=("self",))
-                     .filter(outcome=ScheduleFire.Outcome.FIRED, observed=False)
+        fires = list(unobserved.select_for_update(skip_locked=True, of=("self",))
                      .select_related("job").order_by("id")[:limit])
         seen = []
         for fire in fires:
