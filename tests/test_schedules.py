@@ -460,3 +460,29 @@ def test_extensions_of_other_crons_are_refused_not_misread(rule):
 def test_names_and_sunday_as_7():
     rule = cron.parse("0 9 * jan,dec mon-fri,7")
     assert rule.months == {1, 12} and rule.weekdays == {0, 1, 2, 3, 4, 5}
+
+
+@pytest.mark.parametrize("catch_up", ["skip", "run_once"])
+def test_a_long_outage_records_the_first_missed_times_and_the_latest(tenant, catch_up):
+    from schedules.firing import MAX_MISSED_RECORDS
+    schedule = every(tenant, 120, catch_up=catch_up)  # first fire 00:02
+    # Four days later, 90 s after the latest fire time (past the 60 s grace): 2,880 missed
+    schedule_fire_due(now=at("2026-06-05T00:01:30"))
+    records = fires(schedule)
+    assert len(records) == MAX_MISSED_RECORDS + 1
+    latest = records[-1]
+    assert latest.fire_at == at("2026-06-05T00:00:00")
+    assert latest.outcome == ("fired" if catch_up == "run_once" else "skipped")
+    assert {r.outcome for r in records[:-1]} == {"skipped"}
+    schedule.refresh_from_db()
+    assert schedule.next_fire_at == at("2026-06-05T00:02:00")
+
+
+def test_the_last_cron_fire_time_before_an_instant_across_dst():
+    rule, berlin = cron.parse("30 2 * * *"), cron.zone("Europe/Berlin")
+    assert cron.last_at_or_before(rule, berlin, at("2026-03-29T12:00:00")) == \
+        at("2026-03-29T01:00:00")
+    assert cron.last_at_or_before(rule, berlin, at("2026-10-25T01:45:00")) == \
+        at("2026-10-25T00:30:00")
+    assert cron.last_at_or_before(rule, berlin, at("2026-10-25T00:30:00")) == \
+        at("2026-10-25T00:30:00")

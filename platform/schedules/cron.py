@@ -179,3 +179,17 @@ def next_after(cron: Cron, tz: zoneinfo.ZoneInfo, after: dt.datetime) -> dt.date
                     return instant
         day += dt.timedelta(days=1)
     return None
+
+
+def last_at_or_before(cron: Cron, tz: zoneinfo.ZoneInfo,
+                      instant: dt.datetime) -> dt.datetime | None:
+    """The last UTC instant at or before ``instant`` at which ``cron`` fires in ``tz``;
+    None if there is none within ``HORIZON_DAYS`` back."""
+    day = instant.astimezone(tz).date() + dt.timedelta(days=1)
+    for _ in range(HORIZON_DAYS):
+        if cron.day_matches(day):
+            for candidate in reversed(_day_instants(cron, day, tz)):
+                if candidate <= instant:
+                    return candidate
+        day -= dt.timedelta(days=1)
+    return None

@@ -42,7 +42,13 @@ from jobs.quotas import check_quotas
 from jobs.signals import job_events_for
 from jobs.submission import new_job
 from schedules.models import Schedule, ScheduleFire
-from schedules.rules import grace, jitter_offset, next_fire_after, options_of
+from schedules.rules import (
+    grace,
+    jitter_offset,
+    last_fire_at_or_before,
+    next_fire_after,
+    options_of,
+)
 from schedules.signals import schedule_event_send
 from switchyard.clock import platform_now
 
@@ -168,10 +174,14 @@ def _fire(schedule: Schedule, now: dt.datetime, outcome: FirePass) -> None:
         due.append(instant)
         instant = next_fire_after(schedule, instant)
     if instant is not None and instant <= now:
-        # Stopped for more than MAX_MISSED_RECORDS fire times: the others are not
-        # recorded one by one; the schedule goes on from its next time after now.
-        logger.warning("schedule %s: more than %d fire times missed; the oldest are not "
-                       "recorded", schedule.id, MAX_MISSED_RECORDS)
+        # Stopped for more than MAX_MISSED_RECORDS fire times: those between the first
+        # MAX_MISSED_RECORDS and the latest are not recorded one by one; the latest is
+        # (it is the one catch_up may run), and the schedule goes on after now.
+        latest = last_fire_at_or_before(schedule, now)
+        logger.warning("schedule %s: more than %d fire times missed; those between %s and "
+                       "%s are not recorded", schedule.id, MAX_MISSED_RECORDS, due[-1], latest)
+        if latest is not None and latest > due[-1]:
+            due.append(latest)
         instant = next_fire_after(schedule, now)
     latest = due[-1]
     on_time = now - latest <= grace()

@@ -55,6 +55,23 @@ def next_fire_after(schedule: Schedule, after: dt.datetime) -> dt.datetime | Non
     return instant
 
 
+def last_fire_at_or_before(schedule: Schedule, instant: dt.datetime) -> dt.datetime | None:
+    """The schedule's last fire time at or before ``instant`` (not before its
+    ``start_at``, nor after its ``end_at``); None if there is none."""
+    if schedule.end_at and instant > schedule.end_at:
+        instant = schedule.end_at
+    if schedule.cron:
+        found = cron_rules.last_at_or_before(cron_rules.parse(schedule.cron),
+                                             cron_rules.zone(schedule.timezone), instant)
+    else:
+        every = dt.timedelta(seconds=schedule.every)
+        anchor = schedule.start_at or schedule.created_at + every
+        found = None if instant < anchor else anchor + ((instant - anchor) // every) * every
+    if found is not None and schedule.start_at and found < schedule.start_at:
+        return None
+    return found
+
+
 def fire_times(schedule: Schedule, *, after: dt.datetime, count: int = 5) -> list[dt.datetime]:
     """The schedule's next ``count`` fire times after ``after`` (fewer if it ends)."""
     times: list[dt.datetime] = []
