@@ -13,6 +13,10 @@ never imports the job lifecycle. Runs in the worker's processes:
 
 Each recorder is one conditional UPDATE by primary key (``jobs.outcomes``): a round
 trip per transition, never a read-modify-write race between two deliveries.
+
+Size: one delivery's whole life (begin, hand-off to admission, every end Celery reports),
+read together when a delivery misbehaves; the decisions themselves live in
+``jobs.admission``, ``jobs.outcomes`` and ``jobs.workflows``.
 """
 from __future__ import annotations
 
@@ -237,6 +241,11 @@ def _begin(task, task_id: str, args, kwargs, sender: Sender) -> dict | None:
     # no expires header, so a worker whose clock is off expires nothing early or late.
     fresh = Q(expires_at__isnull=True) | Q(expires_at__gt=Now())
     allowed = own.filter(fresh, attempts__lt=F("max_attempts") + LOST_DELIVERY_ALLOWANCE)
+    if not (sender.platform or redelivered or isinstance(publication, int)) and \
+            not Job.objects.filter(id=task_id).exists():
+        # A tenant's own message, seen for the first time (the common case of the native
+        # path): one read says so, rather than an UPDATE that finds nothing and a read.
+        return _admit(task, task_id, args, kwargs, sender, values, fresh)
     if allowed.update(**values):
         _started(task, request, sender)
         return params
@@ -262,11 +271,17 @@ def _begin(task, task_id: str, args, kwargs, sender: Sender) -> dict | None:
         logger.info("job %s (%s) is not runnable by this delivery; acknowledged unrun",
                     task_id, job.status)
         return None
+    return _admit(task, task_id, args, kwargs, sender, values, fresh)
+
+
+def _admit(task, task_id: str, args, kwargs, sender: Sender, values: dict, fresh: Q):
+    """Record a message that has no job yet (``jobs.admission``) and start it if it may
+    run now; the params to run it with, or None."""
     params = job_admit_native(task=task, task_id=task_id, args=args, kwargs=kwargs,
                               sender=sender)
     if params is not None and Job.objects.filter(fresh, id=task_id,
                                                  status__in=Job.WAITING).update(**values):
-        _started(task, request, sender)
+        _started(task, task.request, sender)
         return params
     return None
 
