@@ -20,7 +20,7 @@ from rest_framework.test import APIClient
 
 from jobs.dispatch import job_publish_due, job_refill_window
 from jobs.models import Job, Workflow
-from jobs.outcomes import job_record_failure
+from jobs.outcomes import job_record_failure, job_record_success
 from jobs.submission import job_submit
 from jobs.tenant_work import tenant_work_cancel, tenant_work_pause, tenant_work_resume
 from switchyard.clock import platform_now
@@ -117,6 +117,39 @@ def test_a_retry_and_a_link_of_a_paused_tenant_wait_for_the_resume(lanes_empty):
     assert job_publish_due(now=platform_now() + LATER) == 0
     tenant_work_resume(tenant=tenant)
     assert job_publish_due(now=platform_now() + LATER) == 1
+
+
+def test_a_released_workflow_step_and_a_link_of_a_paused_tenant_stay_unpublished(lanes_empty):
+    tenant, key = tenant_create(name="linked", tier="premium")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    body = client.post("/api/v1/workflows", {"steps": [
+        {"id": "a", "task": "demo.add", "params": {"x": 1, "y": 2}},
+        {"id": "b", "task": "demo.add", "params": {"y": 10}, "depends_on": ["a"],
+         "from": {"x": "a"}}]}, format="json").json()
+    steps = {s["id"]: s["job"] for s in body["steps"]}
+    parent, _ = job_submit(tenant=tenant, task="demo.quick_task", params={})
+    Job.objects.filter(id=parent.id).update(link={"task": "demo.quick_task", "params": {}})
+    for job_id in (steps["a"], parent.id):
+        Job.objects.filter(id=job_id).update(status=Job.Status.STARTED, started_at=Now(),
+                                             attempts=F("attempts") + 1)
+    tenant_work_pause(tenant=tenant)
+
+    # When the started step and the linked job succeed while the tenant is paused
+    assert job_record_success(job_id=steps["a"], result=3, has_link=True)
+    assert job_record_success(job_id=parent.id, result=None, has_link=True)
+
+    # Then the released step and the link's follow-up are recorded, not published
+    step_b = Job.objects.get(id=steps["b"])
+    child = Job.objects.get(parent_id=parent.id)
+    assert (step_b.status, step_b.published_at, step_b.params["x"]) == ("queued", None, 3)
+    assert (child.status, child.published_at) == ("queued", None)
+    assert job_publish_due(now=platform_now() + LATER) == 0
+    # And the resume has the dispatcher publish both
+    tenant_work_resume(tenant=tenant)
+    assert job_publish_due(now=platform_now() + LATER) == 2
+    assert not Job.objects.filter(tenant=tenant, status="queued",
+                                  published_at__isnull=True).exists()
 
 
 def test_cancel_counts_with_dry_run_then_cancels_only_what_matches(lanes_empty):
