@@ -21,6 +21,7 @@ from tests import runbooks
 from tests.drills import left_in_queues, witnessed_runs
 from tests.processes import role_env, wait_until
 from tests.test_lanes import start_lane
+from tests.test_native import native_send, tenant_with_user
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers]
 
@@ -125,3 +126,36 @@ def test_a_paused_flood_waits_while_others_run_then_resumes_once_and_cancelled_n
     assert {i: runs[i] for i in ran} == dict.fromkeys(ran, 1)  # each ran once
     assert not cancelled & set(runs)  # nothing cancelled ever ran
     assert str(escaped.id) in ran and str(late.id) in ran
+
+
+def test_a_paused_tenants_celery_native_message_is_kept_and_runs_once_on_resume(
+        start_role, management, lanes_empty, witness_dir):
+    operator = role_env(lanes_empty)
+    roles = [start_role("dispatcher"),
+             start_lane(start_role, management, "quick", 1,
+                        SWITCHYARD_WITNESS_DIR=str(witness_dir))]
+    tenant, url = tenant_with_user("acme", "premium")
+    runbook(r"tenant_work pause acme --reason", "Fix", operator)
+
+    # When the paused tenant's service publishes with Celery's own API: one message in
+    # its band (run as it comes, were the tenant not paused), one without a priority
+    # (re-published by the platform in its band)
+    sent = [native_send(url, task="demo.witness", routing_key="quick.premium.demo.witness",
+                        kwargs={"seconds": 0}, **extra) for extra in ({"priority": 7}, {})]
+
+    # Then the worker records both jobs, unpublished, and runs neither
+    wait_until(lambda: Job.objects.filter(id__in=sent).count() == 2, 30,
+               "the native jobs recorded", roles=roles)
+    wait_until(lambda: left_in_queues(lanes_empty)["quick"] == 0, 30, "the messages consumed",
+               roles=roles)
+    jobs = Job.objects.filter(id__in=sent)
+    assert {(job.tenant, job.status, job.published_at, job.attempts) for job in jobs} == {
+        (tenant, "queued", None, 0)}
+    assert not set(sent) & set(witnessed_runs(witness_dir))
+
+    # And once resumed, the dispatcher publishes them and each runs, once
+    runbook(r"tenant_work resume acme", "Fix", operator)
+    wait_until(lambda: jobs.filter(status="succeeded").count() == 2, 30,
+               "the native jobs to run after the resume", roles=roles)
+    runs = witnessed_runs(witness_dir)
+    assert [runs[i] for i in sent] == [1, 1]
