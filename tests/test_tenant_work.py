@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+from types import SimpleNamespace
 
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
+from django.db import connection
 from django.db.models import F
 from django.db.models.functions import Now
+from django.test.utils import CaptureQueriesContext
 from kombu import Connection
 from rest_framework.test import APIClient
 
@@ -22,6 +25,7 @@ from jobs.dispatch import job_publish_due, job_refill_window
 from jobs.models import Job, Workflow
 from jobs.outcomes import job_record_failure, job_record_success
 from jobs.submission import job_submit
+from jobs.task import job_begin
 from jobs.tenant_work import tenant_work_cancel, tenant_work_pause, tenant_work_resume
 from switchyard.clock import platform_now
 from tenants.models import Tenant
@@ -260,3 +264,35 @@ def test_the_admin_asks_before_it_pauses_resumes_and_cancels(client, lanes_empty
                              "confirm": "yes"}, follow=True)
     assert "Resumed acme: 0 held job(s)" in done.content.decode()
     assert Tenant.objects.get(id=tenant.id).paused_at is None
+
+
+def _delivery(job: Job, publication: int):
+    """What the worker's task object carries for one delivery of ``job``'s message."""
+    request = SimpleNamespace(
+        id=str(job.id), hostname="quick@test", properties={"user_id": "guest"},
+        delivery_info={"routing_key": job.routing_key, "redelivered": False},
+        switchyard_publication=publication)
+    return SimpleNamespace(request=request, name=job.task, lane=job.lane)
+
+
+def test_a_start_stays_one_update_and_a_paused_tenants_delivery_starts_nothing(lanes_empty):
+    tenant = _tenant("hot-path")
+    running, held = (Job.objects.create(
+        tenant=tenant, tenant_name=tenant.name, task="demo.quick_task", lane="quick",
+        tier="premium", priority=7, routing_key="quick.premium.demo.quick_task",
+        submitted_at=platform_now(), published_at=platform_now(), publications=1)
+        for _ in range(2))
+
+    # A delivery of a tenant not paused starts its job with one statement, as before
+    with CaptureQueriesContext(connection) as queries:
+        assert job_begin(task=_delivery(running, 1), task_id=str(running.id), args=(),
+                         kwargs={}) == {}
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["UPDATE"]
+    assert Job.objects.get(id=running.id).status == Job.Status.STARTED
+
+    # A delivery of the latest publication of a paused tenant's job: not started, and
+    # the job back to unpublished for the resume
+    Tenant.objects.filter(id=tenant.id).update(paused_at=Now())
+    assert job_begin(task=_delivery(held, 1), task_id=str(held.id), args=(), kwargs={}) is None
+    record = Job.objects.get(id=held.id)
+    assert (record.status, record.published_at, record.attempts) == ("queued", None, 0)

@@ -199,11 +199,13 @@ def tenant_work_cancel(*, tenant: Tenant, lane: str | None = None, task: str | N
 
 
 def _cancel_plain(jobs: QuerySet) -> int:
-    """Cancel ``jobs`` (none a workflow step), a chunk per transaction."""
+    """Cancel ``jobs`` (none a workflow step), a chunk per transaction, under the rows'
+    locks (so what is counted is what was cancelled; the dispatcher skips locked rows)."""
     cancelled = 0
     while True:
         with transaction.atomic():
-            chunk = list(jobs.only("id", "lane", "tier", "task")[:CANCEL_CHUNK])
+            chunk = list(jobs.select_for_update().only("id", "lane", "tier", "task")
+                         [:CANCEL_CHUNK])
             if not chunk:
                 return cancelled
             done = Job.objects.filter(id__in=[j.id for j in chunk],
