@@ -162,6 +162,8 @@ def job_admit_native(*, task, task_id: str, args, kwargs, sender: Sender) -> dic
     job.published_at = None
     if not _save_first_sight(job, canvas):
         return None  # another delivery of the same id got here first
+    if tenant is not None and tenant.paused_at is not None:
+        return None  # recorded unpublished: the dispatcher publishes it on resume
     logger.info("native job %s claimed %s priority %s; re-published as %s priority %s",
                 task_id, received, claimed, job.routing_key, job.priority,
                 extra=job_fields(job))

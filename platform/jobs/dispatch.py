@@ -4,7 +4,7 @@ run in several dispatchers at once:
 * ``job_publish_due``: publish what is due and unpublished (a countdown or eta
   reached, a retry's backoff over, a batch chunk, a job the web could not
   publish within ``PUBLISH_GRACE``, a job held by its tenant's full window),
-  tenants furthest below their fair share first;
+  tenants furthest below their fair share first, none of a paused tenant's;
 * ``job_promote_starved``: the standard tier's starvation bound (``jobs.fairness``);
 * ``job_reap_lost``: started jobs whose worker vanished, published again or dead;
 * ``job_reclaim_unconfirmed``: jobs of a bulk submission whose submitter died
@@ -62,10 +62,14 @@ def job_publish_due(*, now: dt.datetime | None = None, limit: int = 500) -> int:
     keys = fairness.unpublished_keys()
     if not keys:
         return 0
+    tenants = {tenant_id: (weight, paused_at) for tenant_id, weight, paused_at in
+               Tenant.objects.filter(id__in={tenant_id for _, _, tenant_id in keys})
+               .values_list("id", "weight", "paused_at")}
+    weights = {tenant_id: weight for tenant_id, (weight, _) in tenants.items()}
+    # A paused tenant's work stays unpublished until it is resumed (jobs.tenant_work).
+    keys = [key for key in keys if tenants.get(key[2], (1, None))[1] is None]
     windowed = {lane for lane, _, _ in keys if fairness.base_window(lane)}
     published = fairness.in_broker_counts(windowed)
-    weights = dict(Tenant.objects.filter(id__in={tenant_id for _, _, tenant_id in keys})
-                   .values_list("id", "weight"))
     # How many unpublished jobs each group has is not counted (that would read
     # every such row): the release takes what is due, up to the room.
     plan = fairness.release_plan([
@@ -138,7 +142,8 @@ def _release(lane: str, tier: str, tenant_id, take: int, now: dt.datetime,
             Job.objects.select_for_update(skip_locked=True)
             .filter(lane=lane, tier=tier, tenant_id=tenant_id, published_at__isnull=True,
                     status__in=Job.WAITING)
-            .filter(_due(now))
+            # Read again here: a pause committed since the pass planned is kept.
+            .filter(_due(now), fairness.tenant_not_paused())
             .order_by("-priority", Coalesce("run_at", "submitted_at"))[:take]
         )
         expired, ready = [], []
@@ -204,9 +209,11 @@ def job_refill_window(*, job_id, lane: str) -> int:
         return 0
     try:
         row = (Job.objects.filter(id=job_id).values_list("lane", "tier", "tenant_id",
-                                                         "tenant__weight").first())
-        if row is None or row[2] is None or not fairness.base_window(row[0]):
-            return 0
+                                                         "tenant__weight",
+                                                         "tenant__paused_at").first())
+        if row is None or row[2] is None or row[4] is not None or not fairness.base_window(
+                row[0]):
+            return 0  # no window to refill, or its tenant is paused
         published, _ = _release(row[0], row[1], row[2], 1, platform_now(), row[3] or 1)
         return published
     except Exception as exc:  # the dispatcher's pass publishes it instead

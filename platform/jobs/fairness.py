@@ -8,9 +8,11 @@ state held by one process:
   are *in the broker* (published, not started). The rest are *held*: recorded,
   unpublished, due. (That is the one meaning of "held" in Switchyard; a job
   waiting for its countdown or backoff is *scheduled*, and both are
-  *unpublished*.) With FIFO inside a priority band and every backlogged
-  tenant keeping ``W_t`` messages queued, tenant ``t`` gets ``W_t / sum(W)`` of
-  its band's starts (weighted fair share), and a newcomer's first job waits
+  *unpublished*.) A *paused* tenant (``Tenant.paused_at``, ``jobs.tenant_work``)
+  has a window of none: all its due work is held until it is resumed. With FIFO
+  inside a priority band and every backlogged tenant keeping ``W_t`` messages
+  queued, tenant ``t`` gets ``W_t / sum(W)`` of its band's starts (weighted fair
+  share), and a newcomer's first job waits
   behind at most ``sum(W)`` messages of the others. ``release_plan`` says who
   gets the free places first: the tenant whose window is least full relative
   to its size.
@@ -36,10 +38,11 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
 from jobs.models import Job, states_sql
 from routing import priorities
+from tenants.models import Tenant
 
 # The rule --------------------------------------------------------------------
 
@@ -177,18 +180,29 @@ def unpublished_keys() -> list[tuple[str, str, object]]:
     return list(rows)
 
 
+def tenant_not_paused() -> Q:
+    """Jobs whose tenant is not paused (or that have none), as a filter: a correlated
+    ``NOT EXISTS`` probing the tenant's primary key inside the same statement, so a
+    job's start stays one UPDATE (``jobs.task``) and a release one SELECT."""
+    return ~Exists(Tenant.objects.filter(id=OuterRef("tenant_id"), paused_at__isnull=False))
+
+
 def must_hold(*, lane: str, tier: str, tenant) -> bool:
     """Should a new job of ``tenant`` for ``lane`` wait in the table rather than
-    be published now? Yes when the tenant's window is full, or older jobs of
-    its are already held (they go first). Two indexed reads, each stopping at
-    the window's size; no read at all in a lane without a window."""
+    be published now? Yes when the tenant is paused, its window is full, or older
+    jobs of its are already held (they go first). Two indexed reads, each stopping
+    at the window's size; no read at all in a lane without a window (the pause is
+    read from the tenant object at hand)."""
     return room_for(lane=lane, tier=tier, tenant=tenant) == 0
 
 
 def room_for(*, lane: str, tier: str, tenant) -> int | None:
-    """Places free in ``tenant``'s window for ``lane`` (None: no limit)."""
+    """Places free in ``tenant``'s window for ``lane`` (None: no limit; 0 while the
+    tenant is paused)."""
     if tenant is None:
         return None
+    if tenant.paused_at is not None:
+        return 0
     window = tenant_window(lane, tenant.weight)
     if window is None:
         return None

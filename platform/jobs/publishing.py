@@ -170,7 +170,11 @@ def _count_if_returned(job: Job, exc: BaseException) -> None:
 
 def publish_or_defer(job: Job) -> None:
     """Publish ``job`` if the broker takes it; else the dispatcher publishes it after
-    ``PUBLISH_GRACE`` (it is recorded, unpublished)."""
+    ``PUBLISH_GRACE`` (it is recorded, unpublished). A paused tenant's job (a link's
+    follow-up, a released workflow step) is left unpublished: the dispatcher
+    publishes it once the tenant is resumed."""
+    if job.tenant_id is not None and job.tenant.paused_at is not None:
+        return
     try:
         publish_job(job)
     except Exception as exc:  # the dispatcher publishes it after PUBLISH_GRACE

@@ -210,16 +210,24 @@ def job_url(request, job_id) -> str:
 
 class JobOutputSerializer(serializers.ModelSerializer):
     status_url = serializers.SerializerMethodField()
+    paused = serializers.SerializerMethodField(
+        help_text="True while the job waits and its tenant's work is paused by an operator: "
+                  "it is kept, and runs once the work is resumed.")
 
     class Meta:
         model = Job
         fields = ["id", "task", "status", "lane", "tier", "priority", "routing_key", "params",
                   "attempts", "max_attempts", "result", "error", "submitted_at", "run_at",
                   "expires_at", "started_at", "finished_at", "retry_policy", "link",
-                  "link_error", "parent", "batch", "chunk_index", "status_url"]
+                  "link_error", "parent", "batch", "chunk_index", "paused", "status_url"]
 
     def get_status_url(self, job: Job) -> str:
         return job_url(self.context["request"], job.id)
+
+    def get_paused(self, job: Job) -> bool:
+        # The caller's own tenant, read for this request: no query per job of a page.
+        tenant = getattr(self.context["request"], "auth", None)
+        return bool(job.status in Job.NOT_STARTED and getattr(tenant, "paused_at", None))
 
 
 #: Failed items shown inline in a batch; the rest are paged at ``failures_url``.

@@ -85,8 +85,9 @@ def job_submit(*, tenant: Tenant | None, task: str, params: Mapping[str, Any] | 
     check_links(options)
     job = new_job(tenant=tenant, task=task, params=params, priority=options.priority, now=now)
     if run_at is None and fairness.must_hold(lane=job.lane, tier=job.tier, tenant=tenant):
-        # The tenant's window in this lane is full: the job is held in the table,
-        # due now, and the dispatcher publishes it when the window frees.
+        # The tenant's window in this lane is full, or its work is paused
+        # (jobs.tenant_work): the job is held in the table, due now, and the
+        # dispatcher publishes it when the window frees or the work is resumed.
         run_at = now
     job.run_at, job.expires_at = run_at, expires_at
     apply_run_options(job, options)

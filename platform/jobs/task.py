@@ -13,6 +13,10 @@ never imports the job lifecycle. Runs in the worker's processes:
 
 Each recorder is one conditional UPDATE by primary key (``jobs.outcomes``): a round
 trip per transition, never a read-modify-write race between two deliveries.
+
+Size: one delivery's whole life (begin and the cases it refuses, hand-off to admission,
+every end Celery reports), read together when a delivery did or did not run; the
+decisions themselves live in ``jobs.admission``, ``jobs.outcomes`` and ``jobs.workflows``.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from django.db import close_old_connections
 from django.db.models import F, Q
 from django.db.models.functions import Now
 
+from jobs import fairness
 from jobs.admission import Refused, job_admit_native, jsonable, native_params
 from jobs.calls import platform_call
 from jobs.dispatch import job_refill_window
@@ -42,6 +47,7 @@ from jobs.outcomes import (
 from jobs.publishing import LINK_HEADER, PUBLICATION_HEADER
 from jobs.senders import Sender, delivery_sender
 from jobs.signals import delivery_ended, delivery_labels, delivery_started, job_event_send
+from jobs.tenant_work import job_hold_paused
 from routing import topology
 from switchyard.database import DATABASE_UNAVAILABLE
 
@@ -179,7 +185,8 @@ def job_begin(*, task, task_id: str, args, kwargs) -> dict | None:
     fresh copy of a job already started (the same job published twice, e.g.
     by the web after its deadline and by the dispatcher); a copy older than the
     job's latest publication (``switchyard_publication`` header); a job past
-    its deliveries (``max_attempts`` plus ``LOST_DELIVERY_ALLOWANCE``): a poison
+    its deliveries (``max_attempts`` plus ``LOST_DELIVERY_ALLOWANCE``); a job of a
+    paused tenant (set back to unpublished, ``jobs.tenant_work``); a poison
     message that killed its worker every time. That job is marked ``dead`` and
     its message rejected without requeue (``Reject``), so RabbitMQ dead-letters
     it to ``<lane>.dead``, where ``manage.py dlq`` shows and replays it
@@ -236,7 +243,15 @@ def _begin(task, task_id: str, args, kwargs, sender: Sender) -> dict | None:
     # ``expires`` is checked here on the database's clock; Switchyard's messages carry
     # no expires header, so a worker whose clock is off expires nothing early or late.
     fresh = Q(expires_at__isnull=True) | Q(expires_at__gt=Now())
-    allowed = own.filter(fresh, attempts__lt=F("max_attempts") + LOST_DELIVERY_ALLOWANCE)
+    # A paused tenant's waiting job does not start; a run begun before it goes on.
+    unpaused = Q(status=Job.Status.STARTED) | fairness.tenant_not_paused()
+    allowed = own.filter(fresh, unpaused,
+                         attempts__lt=F("max_attempts") + LOST_DELIVERY_ALLOWANCE)
+    if not (sender.platform or redelivered or isinstance(publication, int)) and \
+            not Job.objects.filter(id=task_id).exists():
+        # A tenant's own message, seen for the first time (the common case of the native
+        # path): one read says so, rather than an UPDATE that finds nothing and a read.
+        return _admit(task, task_id, args, kwargs, sender, values, fresh)
     if allowed.update(**values):
         _started(task, request, sender)
         return params
@@ -253,6 +268,8 @@ def _begin(task, task_id: str, args, kwargs, sender: Sender) -> dict | None:
             job_event_send("expired", lane=lane, tier=tier, task=name)
             logger.info("job %s expired before it could start; acknowledged unrun", task_id)
             return None
+        if job_hold_paused(delivered=own, job=job):
+            return None
         if own.exists():  # runnable but out of deliveries: it kills its worker
             reason = (f"gave up after {job.attempts} deliveries without an outcome (the worker "
                       f"was lost each time); message moved to {job.lane}.dead")
@@ -262,12 +279,20 @@ def _begin(task, task_id: str, args, kwargs, sender: Sender) -> dict | None:
         logger.info("job %s (%s) is not runnable by this delivery; acknowledged unrun",
                     task_id, job.status)
         return None
+    return _admit(task, task_id, args, kwargs, sender, values, fresh)
+
+
+def _admit(task, task_id: str, args, kwargs, sender: Sender, values: dict, fresh: Q):
+    """Record a message that has no job yet (``jobs.admission``) and start it if it may
+    run now; the params to run it with, or None."""
     params = job_admit_native(task=task, task_id=task_id, args=args, kwargs=kwargs,
                               sender=sender)
-    if params is not None and Job.objects.filter(fresh, id=task_id,
-                                                 status__in=Job.WAITING).update(**values):
-        _started(task, request, sender)
+    admitted = Job.objects.filter(fresh, id=task_id, status__in=Job.WAITING)
+    if params is not None and admitted.filter(fairness.tenant_not_paused()).update(**values):
+        _started(task, task.request, sender)
         return params
+    if params is not None:  # its tenant is paused: the dispatcher publishes it on resume
+        admitted.update(published_at=None)
     return None
 
 

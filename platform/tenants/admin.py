@@ -1,7 +1,11 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.template.response import TemplateResponse
 
+from jobs import tenant_work
+from routing import topology
 from routing.management import ManagementError
 from tenants.models import ApiToken, BrokerUser, Tenant
 from tenants.services import broker_users_regrant
@@ -29,13 +33,84 @@ class BrokerUserInline(admin.TabularInline):
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
     list_display = ("name", "tier", "weight", "max_queued_jobs", "submissions_per_minute",
-                    "max_storage_bytes", "is_active", "created_at")
+                    "max_storage_bytes", "is_active", "paused_at", "created_at")
     # Changed at run time, no restart: the web reads the tenant per request, the
     # dispatcher reads weights on every pass (fair-share windows, jobs.fairness).
     list_editable = ("weight", "max_queued_jobs", "submissions_per_minute", "max_storage_bytes")
     list_filter = ("tier", "is_active")
     search_fields = ("name",)
+    readonly_fields = ("paused_at", "pause_reason")
     inlines = [ApiTokenInline, BrokerUserInline]
+    # The operator's flood commands (manage.py tenant_work), each behind a page that
+    # shows what it will touch and asks to confirm.
+    actions = ["pause_work", "resume_work", "cancel_work"]
+
+    def _confirm(self, request, queryset, *, action: str, title: str, explanation: str,
+                 count_label: str, count, confirm_label: str, **extra):
+        rows = [{"tenant": tenant, "count": count(tenant)} for tenant in queryset]
+        return TemplateResponse(request, "admin/tenants/tenant/work_confirm.html", {
+            **self.admin_site.each_context(request), "title": title, "rows": rows,
+            "explanation": explanation, "count_label": count_label, "action": action,
+            "confirm_label": confirm_label, "opts": self.model._meta,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME, **extra})
+
+    @admin.action(description="Pause waiting work of the selected tenants")
+    def pause_work(self, request, queryset):
+        if request.POST.get("confirm") != "yes":
+            return self._confirm(
+                request, queryset, action="pause_work", title="Pause waiting work",
+                explanation="Nothing more of their work is published or started until "
+                "resumed; what is in the broker is taken back and kept; running jobs "
+                "finish; new submissions are accepted and held.",
+                count_label="waiting jobs to hold", confirm_label="Yes, pause",
+                count=lambda t: sum(row.in_broker + row.unpublished for row in
+                                    tenant_work.tenant_work_summary(tenant=t)),
+                with_reason=True)
+        for tenant in queryset:
+            out = tenant_work.tenant_work_pause(tenant=tenant,
+                                                reason=request.POST.get("reason", ""))
+            self.message_user(request, f"paused {tenant.name}: {out.held} waiting job(s) "
+                              f"held, {out.taken_back} taken back from the broker")
+        return None
+
+    @admin.action(description="Resume waiting work of the selected tenants")
+    def resume_work(self, request, queryset):
+        if request.POST.get("confirm") != "yes":
+            return self._confirm(
+                request, queryset, action="resume_work", title="Resume waiting work",
+                explanation="The dispatcher publishes their held work again, under the "
+                "usual fair-share rules.", count_label="held jobs to publish",
+                confirm_label="Yes, resume",
+                count=lambda t: sum(row.unpublished for row in
+                                    tenant_work.tenant_work_summary(tenant=t)))
+        for tenant in queryset:
+            out = tenant_work.tenant_work_resume(tenant=tenant)
+            self.message_user(request, f"resumed {tenant.name}: {out.to_publish} held "
+                              "job(s) for the dispatcher to publish")
+        return None
+
+    @admin.action(description="Cancel work not yet started of the selected tenants")
+    def cancel_work(self, request, queryset):
+        if request.POST.get("confirm") != "yes":
+            return self._confirm(
+                request, queryset, action="cancel_work", title="Cancel work not yet started",
+                explanation="Every job of theirs that has not started is cancelled and never "
+                "runs; workflow steps are counted by their workflows, which may cancel the "
+                "steps depending on them. Running jobs finish. This cannot be undone.",
+                count_label="jobs to cancel", confirm_label="Yes, cancel them",
+                count=lambda t: tenant_work.tenant_work_cancel(tenant=t, dry_run=True).jobs,
+                with_lane=True, lanes=sorted(topology.LANES_BY_NAME))
+        lane = request.POST.get("lane") or None
+        if lane is not None and lane not in topology.LANES_BY_NAME:
+            self.message_user(request, f"no lane {lane!r}", messages.ERROR)
+            return None
+        for tenant in queryset:
+            count = tenant_work.tenant_work_cancel(tenant=tenant, lane=lane)
+            where = f" on {lane}" if lane else ""
+            self.message_user(request, f"cancelled {count.jobs} job(s) of {tenant.name}"
+                              f"{where} ({count.steps} workflow step(s); "
+                              f"{count.cascaded} more cancelled by their workflows)")
+        return None
 
     def save_model(self, request, obj, form, change) -> None:
         super().save_model(request, obj, form, change)

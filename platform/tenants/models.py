@@ -39,6 +39,12 @@ class Tenant(models.Model):
         help_text="Most bytes of media kept at once: files (active and trashed) and uploads "
                   "waiting for their job; an upload or copy that would go past it is 413.",
     )
+    paused_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="Its waiting work is paused: accepted and kept, none of it published or "
+                  "started until resumed (manage.py tenant_work, jobs.tenant_work).")
+    pause_reason = models.CharField(max_length=200, blank=True,
+                                    help_text="Why an operator paused it.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
