@@ -45,8 +45,12 @@ def test_an_immutable_signature_in_a_chain_takes_no_result(app):
 def test_a_failing_chain_task_cancels_the_rest_with_the_reason(app):
     add, fail = app.remote_task("demo.add"), app.remote_task("demo.fail")
     result = celery.chain(add.s(1, 2), fail.si("disk full"), add.s(3)).apply_async()
+    # The last task's own outcome (follow_parents=False: Celery's get() would first raise a
+    # parent's error if it has already failed by the time it looks).
     with pytest.raises(switchyard_client.JobCancelled):
-        result.get(timeout=60)
+        result.get(timeout=60, follow_parents=False)
+    with pytest.raises(switchyard_client.JobFailed, match="disk full"):
+        result.get(timeout=5)  # Celery's default: the failed parent's error
     last = Job.objects.get(id=result.id)
     assert last.status == "cancelled" and "ended failed" in last.error
     with pytest.raises(switchyard_client.JobFailed, match="disk full"):
@@ -80,7 +84,7 @@ def test_a_chord_whose_header_fails_cancels_its_callback(app):
     result = celery.chord([add.s(1, 1), fail.si("bad input"), add.s(2, 2)],
                           total.s()).apply_async()
     with pytest.raises(switchyard_client.JobCancelled):
-        result.get(timeout=60)
+        result.get(timeout=60, follow_parents=False)
     assert "ended failed" in Job.objects.get(id=result.id).error
 
 
