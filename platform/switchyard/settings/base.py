@@ -1,6 +1,6 @@
-"""Base settings, one module by design (Size: Django reads its settings as one module;
-each value sits beside the comment that says why it is what it is, and production.py and
-test.py override by name). Every value an operator may change comes from the environment.
+"""Base settings. Every value an operator may change comes from the environment.
+Size: one module, as Django reads its settings; each value sits beside the comment that
+says why it is what it is, and production.py and test.py override by name.
 
 See docs/operations.md for the reference of each variable (a test keeps it complete).
 """
