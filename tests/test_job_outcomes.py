@@ -6,16 +6,23 @@ checked against the job record it writes.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
 
 import pytest
+from celery.app.trace import build_tracer
+from django.conf import settings
 from django.utils import timezone
 
+import jobs.task
+import routing.celery_config as routing_celery
 from jobs.dispatch import job_reap_lost
 from jobs.models import Job
 from jobs.options import Link, RetryPolicy, SubmitOptions
 from jobs.outcomes import job_record_failure, job_record_success
 from jobs.submission import job_submit
 from routing import topology
+from switchyard.celery import app
 from tenants.services import tenant_create
 
 pytestmark = pytest.mark.django_db
@@ -156,3 +163,37 @@ def test_a_platform_message_whose_arguments_do_not_fit_ends_dead_not_stuck(tenan
     job.refresh_from_db()
     assert job.status == Job.Status.DEAD and job.attempts == 0
     assert "takes 1 positional argument(s) (x), got 3" in job.error
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.django_db(transaction=True)
+def test_a_termination_as_a_run_ends_waits_until_its_outcome_is_recorded(tenant, monkeypatch,
+                                                                        lanes_empty):
+    """Celery terminates (SIGTERM) a late-acked run whose worker lost its broker connection,
+    so that the redelivered copy is the only one. Arriving after the task's code returned,
+    it takes effect once the job is recorded succeeded: the redelivery finds it done and
+    does not run it a second time."""
+    job, _ = job_submit(tenant=tenant, task="demo.witness", params={"seconds": 0})
+    task = app.tasks["demo.witness"]
+    status_when_terminated = []
+    real_record = jobs.task.job_record_success
+
+    def terminated_then_recorded(**kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # Celery's request.cancel(), as the run ends
+        return real_record(**kwargs)
+
+    monkeypatch.setattr(jobs.task, "job_record_success", terminated_then_recorded)
+    previous = signal.signal(signal.SIGTERM, lambda *_: status_when_terminated.append(
+        Job.objects.get(id=job.id).status))
+    try:
+        tracer = build_tracer(task.name, task, eager=True, propagate=True, app=app)
+        tracer(str(job.id), (), {"seconds": 0}, {
+            "id": str(job.id), "hostname": "quick@test",
+            "properties": {"user_id": routing_celery.broker_user(
+                settings.CELERY_BROKER_URL)},
+            "delivery_info": {"redelivered": False, "routing_key": topology.routing_key(
+                "quick", "standard", "demo.witness")}})
+        assert status_when_terminated == [Job.Status.SUCCEEDED]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})

@@ -49,7 +49,7 @@ from jobs.catalogue import task_lane
 from jobs.errors import InvalidSubmission, UnknownTask
 from jobs.models import Job, PendingConfirm
 from jobs.options import SubmitOptions, check_links, run_option_values, schedule_of
-from jobs.publishing import MessageTemplate
+from jobs.publishing import MessageTemplate, signals_to_main_thread
 from jobs.quotas import check_quotas
 from jobs.signals import job_event_send, job_events_for
 from jobs.submission import new_job
@@ -306,6 +306,7 @@ class _Publishing(threading.Thread):
             yield chunk
 
     def run(self) -> None:
+        signals_to_main_thread()
         chunks = self._chunks()
         try:
             with wire.ConfirmingPublisher.from_url(app.conf.broker_url) as publisher:

@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import signal
 import threading
 import time
 from collections.abc import Mapping
@@ -183,10 +184,19 @@ def publish_or_defer(job: Job) -> None:
                        extra=job_fields(job))
 
 
+def signals_to_main_thread() -> None:
+    """Called first in each thread Switchyard starts: a process-wide SIGTERM is taken by
+    the main thread only, so that holding it there (``jobs.task``: from the end of a run
+    until its outcome is recorded) holds it for the whole process."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
 #: One thread publishes for the web, so a request can stop waiting for a broker
 #: that blocks (resource alarm) or hangs: the publish gets a deadline whatever
 #: stage it is stuck in (connect, channel open, confirm).
-_web_publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="switchyard-publish")
+_web_publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="switchyard-publish",
+                                    initializer=signals_to_main_thread)
+
 #: The publisher thread's latest publish and when it was handed over.
 _last_publish: tuple[Future, float] | None = None
 _last_publish_lock = threading.Lock()

@@ -21,6 +21,7 @@ decisions themselves live in ``jobs.admission``, ``jobs.outcomes`` and ``jobs.wo
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -170,7 +171,28 @@ class SwitchyardTask(Task):
                 # otherwise Celery goes on as usual (task_failure, ack).
                 job_raised(task=self, task_id=self.request.id, exception=exc)
                 raise
+            finally:
+                _defer_termination()
         return super().__call__(*args, **kwargs)
+
+
+# The run is over, its outcome not yet recorded: a SIGTERM now (Celery terminates the
+# running late-acked tasks of a worker that lost its broker connection, so that their
+# redelivered copy is the only one) would leave a job that did all its work STARTED, and
+# its redelivery would run it a second time. SIGTERM is held from the end of the run to
+# ``task_postrun`` (after the outcome is written), then acted on.
+_TERMINATION = {signal.SIGTERM}
+
+
+def _defer_termination() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINATION)
+
+
+@signals.task_prerun.connect(dispatch_uid="jobs.task.termination_prerun")
+@signals.task_postrun.connect(dispatch_uid="jobs.task.termination_postrun")
+def _allow_termination(**_) -> None:
+    # At prerun too: no run ever starts with termination held.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _TERMINATION)
 
 
 def _is_switchyard_task(task) -> bool:

@@ -306,29 +306,31 @@ def _cancel_descendants(workflow: Workflow, step: WorkflowStep, reason: str,
             for dependents in WorkflowStep.objects.filter(
                     job_id__in=ids, outcome="").values_list("dependents", flat=True):
                 frontier += dependents
-    return _cancel_steps(workflow, sorted(seen), reason, now)
+    return _cancel_steps(workflow, sorted(seen), reason, now)[1]
 
 
 def _cancel_steps(workflow: Workflow, job_ids: Sequence[Any], reason: str,
-                  now: dt.datetime) -> int:
-    """Cancel those of ``job_ids`` that have not started and whose step has not ended;
-    their steps are counted ended here. Returns how many were cancelled, on_complete
-    aside."""
+                  now: dt.datetime) -> tuple[int, int]:
+    """Cancel those of ``job_ids`` that have not started and whose step has not ended,
+    counting their steps ended. Returns (jobs cancelled, steps counted: on_complete
+    aside). ``FOR UPDATE`` (the locks the UPDATE takes anyway) re-reads a job a worker
+    is starting: one that started is left to count its own end, never marked cancelled
+    while it runs."""
     cancelled, counted = [], 0
     for ids in _chunks(list(job_ids)):
-        open_ids = list(WorkflowStep.objects.filter(job_id__in=ids, outcome="")
-                        .values_list("job_id", flat=True))
-        jobs = list(Job.objects.filter(id__in=open_ids, status__in=Job.NOT_STARTED)
-                    .only("id", "lane", "tier", "task"))
-        Job.objects.filter(id__in=[j.id for j in jobs], status__in=Job.NOT_STARTED).update(
+        open_ids = WorkflowStep.objects.filter(job_id__in=ids, outcome="").values("job_id")
+        jobs = list(Job.objects.select_for_update(of=("self",)).filter(
+            id__in=open_ids, status__in=Job.NOT_STARTED).only("id", "lane", "tier", "task"))
+        locked_ids = [j.id for j in jobs]
+        Job.objects.filter(id__in=locked_ids).update(
             status=Job.Status.CANCELLED, finished_at=now, error=reason[:5000])
-        rows = WorkflowStep.objects.filter(job_id__in=[j.id for j in jobs], outcome="")
+        rows = WorkflowStep.objects.filter(job_id__in=locked_ids, outcome="")
         counted += rows.filter(is_on_complete=False).count()
         rows.update(outcome=Job.Status.CANCELLED)
         cancelled += jobs
     if cancelled:
         transaction.on_commit(lambda: job_events_for("cancelled", cancelled))
-    return counted
+    return len(cancelled), counted
 
 
 # -- cancelling -------------------------------------------------------------------------
@@ -348,14 +350,12 @@ def workflow_cancel(*, workflow: Workflow) -> CancelOutcome:
         if locked is None or locked.status != Workflow.Status.RUNNING:
             raise NotCancellable(f"workflow {workflow.id} is "
                                  f"{locked.status if locked else 'gone'}; nothing to cancel")
-        now = platform_now()
-        locked.cancelled_at = now
-        if not locked.reason:
-            locked.reason = "cancelled by its caller"
-        ids = list(Job.objects.filter(workflow=locked, status__in=Job.NOT_STARTED)
-                   .values_list("id", flat=True))
-        cancelled = _cancel_steps(locked, ids, "workflow cancelled by its caller", now)
-        locked.open_steps -= cancelled
+        now = locked.cancelled_at = platform_now()
+        locked.reason = locked.reason or "cancelled by its caller"
+        ids = Job.objects.filter(workflow=locked, status__in=Job.NOT_STARTED).values_list(
+            "id", flat=True)
+        cancelled, counted = _cancel_steps(locked, ids, "workflow cancelled by its caller", now)
+        locked.open_steps -= counted
         running = list(WorkflowStep.objects.filter(
             workflow=locked, outcome="", job__status=Job.Status.STARTED)
             .values_list("name", flat=True))
@@ -363,7 +363,7 @@ def workflow_cancel(*, workflow: Workflow) -> CancelOutcome:
         if locked.open_steps == 0:
             _complete(locked, now)
         _save_counts(locked)
-    return CancelOutcome(workflow=locked, cancelled=len(ids), running=running)
+    return CancelOutcome(workflow=locked, cancelled=cancelled, running=running)
 
 
 def step_cancel(*, job: Job) -> Job:
