@@ -29,7 +29,7 @@ help:
 	@echo "make test    set up, then lint and run the test suite"
 	@echo "make verify  compare the live broker with the declared topology"
 	@echo "make demo    the head-of-line demo: 20,000 slow jobs, then time quick probes"
-	@echo "make bench   scenarios S1-S10 against their baselines in the same run (table, JSON, chart)"
+	@echo "make bench   scenarios S1-S11 against their baselines in the same run (table, JSON, chart)"
 	@echo "make bench-quick  the same, scaled down (a smoke run, a minute or two)"
 	@echo "make bench-api  job API figures: submit latency, 100,000-item batch accept"
 	@echo "make bench-media  thumbnails/s and MB/s on the slow lane (SWITCHYARD_BENCH_QUICK=1: 50 files)"

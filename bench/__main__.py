@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10")
+SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11")
 
 
 def main(argv: list[str] | None = None) -> int:

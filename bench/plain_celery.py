@@ -11,7 +11,10 @@ declares the queue with ``x-max-priority`` 9; ``PLAIN_ACKS_LATE=1``;
 publisher confirms; ``PLAIN_RESULTS``: a SQLAlchemy URL for Celery's database
 result backend (state and result of every task in a table, as a team wanting status
 per task would run it); ``PLAIN_TIMINGS``: a file the sleep and probe tasks append
-``id kind started finished`` lines to (the measurement, not part of a real setup).
+``id kind started finished`` lines to (the measurement, not part of a real setup);
+``PLAIN_BEAT_ENTRIES``, ``PLAIN_BEAT_EVERY``, ``PLAIN_BEAT_QUEUE``: Celery beat's
+schedule, that many ``plain.fired`` entries every so many seconds on that queue (with
+``PLAIN_TIMINGS``, beat appends a ``sent`` line for each run it sends).
 """
 from __future__ import annotations
 
@@ -64,6 +67,10 @@ def make_app(*, broker_url: str | None, queue: str = "plain", priority: bool = F
     def noop(x=None):
         return x
 
+    @app.task(name="plain.fired", bind=True)
+    def fired(self, entry: int) -> None:  # a beat entry's run (S11)
+        _record(self.request.id, f"entry-{entry}", time.time())
+
     # A chord's header and callback (S10): the same two tasks as demo.add / demo.total.
     @app.task(name="plain.add")
     def add(x, y):
@@ -74,6 +81,14 @@ def make_app(*, broker_url: str | None, queue: str = "plain", priority: bool = F
         return sum(n for n in numbers if n is not None)
 
     return app
+
+
+def beat_schedule(*, entries: int, every: float, queue: str) -> dict:
+    """``entries`` beat entries, each running ``plain.fired(i)`` every ``every`` seconds
+    on ``queue`` (S11's baseline: Celery beat as a team would run it)."""
+    return {f"entry-{i}": {"task": "plain.fired", "schedule": every, "args": (i,),
+                           "options": {"queue": queue, "routing_key": queue}}
+            for i in range(entries)}
 
 
 _TIMINGS = os.environ.get("PLAIN_TIMINGS")
@@ -91,6 +106,18 @@ app = make_app(broker_url=os.environ.get("CELERY_BROKER_URL"),
                priority=_flag("PLAIN_PRIORITY"), acks_late=_flag("PLAIN_ACKS_LATE"),
                prefetch=int(os.environ.get("PLAIN_PREFETCH", "4")),
                confirm=_flag("PLAIN_CONFIRM"), results=os.environ.get("PLAIN_RESULTS", ""))
+if os.environ.get("PLAIN_BEAT_ENTRIES"):
+    from celery import signals
+
+    @signals.after_task_publish.connect
+    def _sent(headers=None, **_):  # when beat sent each run (S11's measurement)
+        if _TIMINGS and headers and headers.get("id"):
+            _record(headers["id"], "sent", time.time())
+
+    app.conf.beat_schedule = beat_schedule(
+        entries=int(os.environ["PLAIN_BEAT_ENTRIES"]),
+        every=float(os.environ.get("PLAIN_BEAT_EVERY", "10")),
+        queue=os.environ.get("PLAIN_BEAT_QUEUE", "plain"))
 
 
 def timings(path) -> dict[str, tuple[str, float, float]]:

@@ -1,4 +1,4 @@
-"""``make bench``: scenarios S1-S10, each against its baseline in the same run.
+"""``make bench``: scenarios S1-S11, each against its baseline in the same run.
 
 Switchyard runs as in production (role scripts: gunicorn web, one worker
 process per lane, the dispatcher, Flower), against this run's vhost and
@@ -8,10 +8,12 @@ recorded, never asserted: ``harness.report`` prints the table at the end.
 """
 from __future__ import annotations
 
+import datetime as dt
 import http.client
 import json
 import os
 import signal
+import sys
 import time
 import uuid
 
@@ -30,6 +32,7 @@ from jobs.submission import job_submit
 from routing import wire
 from tenants.models import Tenant
 from tenants.services import broker_user_issue, tenant_create
+from tests.processes import Role, role_env
 from tests.test_api_e2e import _http
 from tests.test_lanes import start_lane
 from tests.test_platform import free_port
@@ -818,3 +821,92 @@ def test_s10_a_chord_fan_out_and_fan_in(start_role, management, plain_worker, la
                 f"{ours_kill[0] or 0:.1f} s ({chord_flows} chord workflows); Celery "
                 f"(acks_late, default reject_on_worker_lost): {outcome(theirs_kill)}; "
                 f"{ours_kill[2]}")
+
+
+# S11 ----------------------------------------------------------------------------
+
+def test_s11_schedule_lateness_under_a_full_slow_lane(start_role, management, plain_worker,
+                                                      lanes_empty, tmp_path):
+    """A premium tenant's schedules on the quick lane, all due at the same instants every
+    10 s, while a standard backlog keeps the slow lane full: how late does each fire's job
+    start (its fire time to its ``started_at``)? Against Celery beat with a plain worker
+    per queue, under the same slow flood."""
+    from schedules.models import ScheduleFire
+    from schedules.services import schedule_create
+    from switchyard.clock import platform_now
+
+    entries, fires, every = scale(30, 6), scale(6, 1), 10
+    backlog = scale(20_000, 2_000)
+    standard, premium = _tenant("s11-std", "standard"), _tenant("s11-prem", "premium")
+
+    dispatcher, slow, quick = _behind_a_slow_backlog(start_role, management, standard,
+                                                     backlog)
+    start = (platform_now() + dt.timedelta(seconds=4)).replace(microsecond=0)
+    schedules = [schedule_create(tenant=premium, task="demo.quick_task", params={"x": i},
+                                 every=every, start_at=start, overlap="allow",
+                                 end_at=start + dt.timedelta(seconds=every * (fires - 1) + 1))
+                 for i in range(entries)]
+    expected = entries * fires
+    harness.wait_for(
+        lambda: Job.objects.filter(tenant=premium, started_at__isnull=False).count()
+        >= expected, every * fires + 60, "every fire's job to start", [dispatcher, quick],
+        interval=0.2)
+    stages = list(ScheduleFire.objects.filter(schedule__in=schedules, outcome="fired")
+                  .values_list("fire_at", "job__published_at", "job__started_at"))
+    ours = [(started - fire_at).total_seconds() * 1000 for fire_at, _, started in stages]
+    # Where the time goes: the fire pass and the publish pass, then the lane.
+    published = median([(at - fire_at).total_seconds() * 1000 for fire_at, at, _ in stages])
+    slow_busy = Job.objects.filter(tenant=standard, status="started").count()
+    skipped = ScheduleFire.objects.filter(schedule__in=schedules).exclude(outcome="fired")
+
+    # Baseline: Celery beat, a plain worker for the fired task's queue, and the same slow
+    # flood on another plain worker's queue.
+    proc, _, _ = _plain_slow_flood([quick, slow, dispatcher], lanes_empty, plain_worker,
+                                   backlog, 1.0, "slow")
+    beat_queue = "plain-s11"
+    worker, _, timing_file = plain_worker(concurrency=QUICK_CONCURRENCY, acks_late=True,
+                                          prefetch=1, queue=beat_queue)
+    sent_file = tmp_path / "beat-sent.txt"
+    env = role_env(lanes_empty, PLAIN_BEAT_ENTRIES=str(entries), PLAIN_BEAT_EVERY=str(every),
+                   PLAIN_BEAT_QUEUE=beat_queue, PLAIN_TIMINGS=str(sent_file),
+                   PYTHONPATH=str(harness.REPO))
+    env.pop("DJANGO_SETTINGS_MODULE")
+    beat = Role("plain-beat", [], env, tmp_path, command=[
+        sys.executable, "-m", "celery", "-A", "bench.plain_celery", "beat", "-l", "WARNING",
+        "-s", str(tmp_path / "beat-schedule")])
+
+    def runs() -> dict[str, list[tuple[float, float]]]:
+        """Per beat entry, each run's (sent by beat, started by the worker), in order."""
+        sent = {task_id: at for task_id, (_, at, _) in timings(sent_file).items()}
+        per_entry: dict[str, list[tuple[float, float]]] = {}
+        for task_id, (kind, started, _) in timings(timing_file).items():
+            per_entry.setdefault(kind, []).append((sent.get(task_id, started), started))
+        return {kind: sorted(pairs) for kind, pairs in per_entry.items()}
+
+    try:
+        harness.wait_for(lambda: len(runs()) == entries and
+                         all(len(s) > fires for s in runs().values()),
+                         every * (fires + 1) + 60, "beat's fires", [beat, worker, proc],
+                         interval=0.5)
+    finally:
+        beat.stop()
+    # Beat's fire time for a run is its previous run's send plus the period (beat's own
+    # rule for an ``every`` entry); an entry's first run has none stated.
+    theirs = [(started - (previous_sent + every)) * 1000
+              for pairs in runs().values()
+              for (previous_sent, _), (_, started) in zip(pairs[:fires], pairs[1:fires + 1],
+                                                          strict=True)]
+
+    p99 = percentile(ours, 99)
+    record("S11", "schedule lateness p50 (fire time to job started)", percentile(ours, 50),
+           percentile(theirs, 50), "ms")
+    record("S11", "schedule lateness p99", p99, percentile(theirs, 99), "ms",
+           target="<= 1,000 ms", passed=p99 <= 1000 and len(ours) == expected,
+           note=f"{entries} premium schedules every {every} s on the quick lane, all due at "
+                f"once, {len(ours)} of {expected} fires ran ({skipped.count()} not fired; "
+                f"jobs published a median {published:.0f} ms after their fire time), "
+                f"the slow lane full ({slow_busy} standard slow jobs running of a "
+                f"{backlog:,} backlog); Celery beat: each run after an entry's first, against "
+                f"its previous send + {every} s (beat's rule; its first run states no time)")
+    distribution("S11 switchyard schedule lateness", ours)
+    distribution("S11 Celery beat lateness", theirs)

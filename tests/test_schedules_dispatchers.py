@@ -62,3 +62,22 @@ def test_two_dispatchers_fire_each_fire_time_exactly_once(start_role):
     wait_until(lambda: not jobs.filter(published_at__isnull=True, run_at__lte=platform_now()
                                        - dt.timedelta(seconds=2)).exists(),
                timeout=10, what="the fired jobs published", roles=roles[1:])
+
+
+def test_the_dispatcher_wakes_at_each_fire_time_not_at_its_next_pass(start_role):
+    # Given a dispatcher passing over the schedules only every 3 s (its default tick of
+    # 0.2 s for publishing), and five schedules whose first fire times are 1 s apart,
+    # the first more than a pass away (so a pass has seen them all)
+    role = start_role("dispatcher", SWITCHYARD_SCHEDULE_EVERY="3")
+    tenant, _ = tenant_create(name="prompt", tier="premium")
+    first = platform_now() + dt.timedelta(seconds=6.5)
+    schedules = [schedule_create(tenant=tenant, task="demo.quick_task", params={"x": i},
+                                 every=60, start_at=first + dt.timedelta(seconds=i))
+                 for i in range(5)]
+    # When each fire time has passed
+    wait_until(lambda: Job.objects.filter(tenant=tenant, published_at__isnull=False).count()
+               == 5, timeout=30, what="five fired jobs published", roles=[role], interval=0.2)
+    # Then each job was published within a tick of its fire time, not up to 3 s after it
+    late = [(f.job.published_at - f.fire_at).total_seconds()
+            for f in ScheduleFire.objects.filter(schedule__in=schedules).select_related("job")]
+    assert len(late) == 5 and max(late) < 0.6, late

@@ -110,6 +110,17 @@ def schedule_fire_due(*, now: dt.datetime | None = None, limit: int = 200,
     return result
 
 
+def schedule_seconds_to_next_fire(*, now: dt.datetime | None = None) -> float | None:
+    """Seconds from ``now`` to the soonest fire time of any unpaused schedule (0 if one
+    is due already), None when there is none: the dispatcher wakes for it rather than
+    at its next ``--schedule-every`` pass. One read of the ``schedules_due`` index."""
+    soonest = (Schedule.objects.filter(paused=False, next_fire_at__isnull=False)
+               .order_by("next_fire_at").values_list("next_fire_at", flat=True).first())
+    if soonest is None:
+        return None
+    return max(0.0, (soonest - (now or platform_now())).total_seconds())
+
+
 def _fire_schedule(schedule_id, now: dt.datetime, result: FirePass) -> None:
     """Fire one schedule under its row lock, in one transaction; add what it did to
     ``result``. A failure is logged and leaves that schedule as it was (its fire time

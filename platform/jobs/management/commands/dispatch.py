@@ -9,12 +9,13 @@ every ``--reconcile-every`` seconds it takes a census of each lane queue against
 the job table and publishes again the jobs whose message the broker lost
 (``jobs.reconcile``); every ``--sweep-every`` seconds it counts workflow step ends
 that no path counted yet (``jobs.workflows.workflow_sweep``); every
-``--schedule-every`` seconds it fires the tenants' schedules that are due
-(``schedules.firing.schedule_fire_due``: exactly once per fire time, also with
-several dispatchers). Schedules fire here rather than from Celery beat: beat keeps
-one schedule in one process, and two beats fire everything twice; the dispatcher
-already runs in several copies, locks rows with SKIP LOCKED, and its publish pass
-publishes each fired job like any other due job.
+``--schedule-every`` seconds, and at the soonest fire time when that comes first, it
+fires the tenants' schedules that are due (``schedules.firing.schedule_fire_due``:
+exactly once per fire time, also with several dispatchers). Schedules fire here
+rather than from Celery beat: beat keeps one schedule in one process, and two beats
+fire everything twice; the dispatcher already runs in several copies, locks rows
+with SKIP LOCKED, and its publish pass publishes each fired job like any other due
+job.
 It applies fair sharing (``jobs.fairness``): held jobs enter their tenant's
 window as it frees, and every ``--promote-every`` seconds standard jobs are
 promoted where the standard tier's starvation bound needs it. It keeps no
@@ -41,7 +42,11 @@ from jobs.dispatch import (
 from jobs.reconcile import job_reconcile
 from jobs.signals import process_started
 from jobs.workflows import workflow_sweep
-from schedules.firing import schedule_fire_due, schedule_observe_starts
+from schedules.firing import (
+    schedule_fire_due,
+    schedule_observe_starts,
+    schedule_seconds_to_next_fire,
+)
 
 logger = logging.getLogger(__name__)
 #: Jobs published per pass at most.
@@ -116,6 +121,12 @@ class Command(BaseCommand):
                 try:
                     fired = schedule_fire_due()
                     schedule_observe_starts()
+                    # Wake at the soonest fire time, not up to a pass later. One still
+                    # due after the pass (another dispatcher has it, or it failed)
+                    # waits for the next pass: never a tight loop.
+                    soonest = schedule_seconds_to_next_fire()
+                    if soonest:
+                        next_schedule = min(next_schedule, time.monotonic() + soonest)
                 except Exception:
                     logger.exception("schedule pass failed")
                 else:
@@ -141,4 +152,4 @@ class Command(BaseCommand):
             # A full pass means more is due at once: go again. Otherwise wait,
             # also after releasing a few held jobs (windows refill every tick).
             if published < LIMIT:
-                time.sleep(interval)
+                time.sleep(max(0.0, min(interval, next_schedule - time.monotonic())))
