@@ -123,7 +123,7 @@ def _behind_a_slow_backlog(start_role, management, tenant: Tenant, backlog: int)
 def test_s1_quick_jobs_behind_a_slow_backlog(start_role, management, plain_worker, lanes_empty):
     """The seed's head-of-line case: a slow backlog, then quick jobs over 10 s."""
     backlog, probes, span = scale(20_000, 2_000), scale(200, 40), scale(10, 4)
-    censor = scale(30, 10)
+    censor = scale(30, 3)
     tenant = _tenant("s1", "standard")
 
     # Switchyard: slow and quick lanes, each its own worker process.
@@ -355,7 +355,7 @@ def _sqlalchemy_url() -> str:
 
 def test_s4_s5_worker_overhead_and_memory(start_role, management, plain_worker, lanes_empty):
     """No-op jobs drained per second by one worker (2 processes), and peak memory."""
-    total = scale(100_000, 3_000)
+    total = scale(100_000, 1_500)
     tenant = _tenant("s4", "standard")
     flower_port, default_port = free_port(), free_port()
     flower = start_role("flower", FLOWER_PORT=str(flower_port), FLOWER_ADDRESS="127.0.0.1",
@@ -509,7 +509,7 @@ def test_s7_noisy_neighbour(start_role, management, plain_worker, lanes_empty):
     """Tenant A floods the premium band of the slow lane; tenant B then submits 20."""
     flood, probes, duration = scale(10_000, 300), scale(20, 6), 0.5
     pace = duration * 1.25  # B asks for 80 % of its fair share (half the lane)
-    censor = scale(20, 5)
+    censor = scale(20, 3)
     a, b = _tenant("s7-a", "premium"), _tenant("s7-b", "premium")
 
     job_submit_bulk(tenant=a, jobs=[BulkJob("demo.slow_task", {"seconds": duration})] * flood,
@@ -587,7 +587,7 @@ def test_s7_noisy_neighbour(start_role, management, plain_worker, lanes_empty):
 def test_s8_standard_under_a_premium_flood(start_role, management, plain_worker, lanes_empty,
                                            settings):
     """Premium work above the slow lane's capacity for 2 minutes, standard arriving steadily."""
-    span, duration, every = scale(120, 10), 0.5, 2.0
+    span, duration, every = scale(120, 6), 0.5, 2.0
     capacity = SLOW_CONCURRENCY / duration
     flood = int(capacity * span * 2)  # twice what the lane can serve in the span
     min_share = settings.SWITCHYARD_STANDARD_MIN_SHARE["slow"]
@@ -836,12 +836,12 @@ def test_s11_schedule_lateness_under_a_full_slow_lane(start_role, management, pl
     from switchyard.clock import platform_now
 
     entries, fires, every = scale(30, 6), scale(6, 1), 10
-    backlog = scale(20_000, 2_000)
+    backlog = scale(20_000, 300)
     standard, premium = _tenant("s11-std", "standard"), _tenant("s11-prem", "premium")
 
     dispatcher, slow, quick = _behind_a_slow_backlog(start_role, management, standard,
                                                      backlog)
-    start = (platform_now() + dt.timedelta(seconds=4)).replace(microsecond=0)
+    start = (platform_now() + dt.timedelta(seconds=2.5)).replace(microsecond=0)
     schedules = [schedule_create(tenant=premium, task="demo.quick_task", params={"x": i},
                                  every=every, start_at=start, overlap="allow",
                                  end_at=start + dt.timedelta(seconds=every * (fires - 1) + 1))

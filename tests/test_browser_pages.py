@@ -118,7 +118,9 @@ def test_swagger_ui_and_redoc_render_every_operation_offline(offline_browser, we
     assert assert_only_local(driver, web) == ["https://cdn.redoc.ly/redoc/logo-mini.svg"]
 
 
-def test_the_landing_page_renders_health_and_links(offline_browser, web, lanes_empty):
+def test_the_landing_page_renders_health_and_links(web, lanes_empty, offline_browser):
+    # The browser is set up after the web, so it is closed first: its idle connections
+    # would otherwise hold a gunicorn worker in its graceful shutdown.
     from selenium.webdriver.common.by import By
 
     driver = offline_browser
