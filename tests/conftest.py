@@ -16,6 +16,7 @@ from django.conf import settings
 from hypothesis import settings as hypothesis_settings
 
 from routing.management import Management, ManagementError
+from tests import background_bench
 from tests.browser_support import browser, offline_browser  # noqa: F401 - fixtures
 from tests.skip_policy import (  # noqa: F401 - pytest's hooks, taken by this conftest
     pytest_runtest_makereport,
@@ -40,6 +41,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("rabbitmq") or item.get_closest_marker("workers"):
             item.fixturenames.insert(0, "broker_vhost")
+    # The bench smoke run goes on in the background while the other tests run; its test
+    # comes after them, and the tests that stop or reconfigure a shared service after it.
+    smoke = [item for item in items if item.nodeid == background_bench.SMOKE_TEST]
+    if smoke and not config.option.collectonly:
+        exclusive = [item for item in items if item.get_closest_marker("exclusive")]
+        items[:] = [item for item in items if item not in smoke and item not in exclusive] \
+            + smoke + exclusive
+        background_bench.start()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    background_bench.stop()  # a session that ended before its smoke test (-x, a failure)
+
+
+@pytest.fixture(autouse=True)
+def _exclusive_after_the_bench(request: pytest.FixtureRequest) -> None:
+    """An ``exclusive`` test waits for the background bench run to end."""
+    if request.node.get_closest_marker("exclusive"):
+        background_bench.wait(timeout=1500)
 
 
 def _unreachable(reason: str) -> None:

@@ -34,7 +34,7 @@ from tests.drills import all_finished
 from tests.processes import wait_until
 from tests.test_lanes import consumers_on, start_lane
 
-pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers]
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers, pytest.mark.exclusive]
 
 
 def rabbitmqctl(*args: str, timeout: float = 120) -> str:

@@ -24,7 +24,7 @@ from tests import drills
 from tests.processes import wait_until
 from tests.test_drills_broker import flood_tenant
 
-pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers]
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.workers, pytest.mark.exclusive]
 
 
 def _cluster() -> tuple[str, str]:

@@ -193,6 +193,7 @@ def _restore(key: str, original: str) -> None:
         _rabbit_env(key, unset=True)
 
 
+@pytest.mark.exclusive  # the consumer timeout is the whole node's
 def test_a_broker_timeout_lowered_behind_switchyards_back_loses_nothing(
         start_role, management, witness_dir):
     if shutil.which("rabbitmqctl") is None:
