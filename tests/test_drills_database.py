@@ -49,13 +49,14 @@ def test_postgresql_restart_during_an_api_flood_loses_no_accepted_job(
     roles, port = drills.platform_up(start_role, management, witness_dir)
     started = time.monotonic()
     tenant = Tenant.objects.get(name="pgrestart")
-    # Slow jobs that are running when the database goes
-    slow = [str(i) for i in job_submit_bulk(tenant=tenant, enforce_quotas=False, jobs=[
-        BulkJob("demo.witness_slow", {"seconds": 4})] * 2).job_ids]
     with drills.Flood(port, key, params={"seconds": 0.01}) as flood:
-        wait_until(lambda: flood.count() >= 200 and Job.objects.filter(
-            id__in=slow, status=Job.Status.STARTED).count() == 2, 60,
-            "the flood to get going and the slow jobs to start", roles=roles)
+        wait_until(lambda: flood.count() >= 200, 60, "the flood to get going", roles=roles)
+        # Slow jobs that are running when the database goes (submitted once the flood is
+        # going: however slowly it starts, they are still running at the restart)
+        slow = [str(i) for i in job_submit_bulk(tenant=tenant, enforce_quotas=False, jobs=[
+            BulkJob("demo.witness_slow", {"seconds": 4})] * 2).job_ids]
+        wait_until(lambda: Job.objects.filter(id__in=slow, status=Job.Status.STARTED).count()
+                   == 2, 30, "the slow jobs to start", roles=roles)
         # When PostgreSQL restarts in the middle of the flood
         before = flood.count()
         outage = restart_postgresql()
