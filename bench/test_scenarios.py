@@ -884,8 +884,8 @@ def test_s11_schedule_lateness_under_a_full_slow_lane(start_role, management, pl
         return {kind: sorted(pairs) for kind, pairs in per_entry.items()}
 
     try:
-        harness.wait_for(lambda: len(runs()) == entries and
-                         all(len(s) > fires for s in runs().values()),
+        harness.wait_for(lambda: len(seen := runs()) == entries and
+                         all(len(pairs) > fires for pairs in seen.values()),
                          every * (fires + 1) + 60, "beat's fires", [beat, worker, proc],
                          interval=0.5)
     finally:
