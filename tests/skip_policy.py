@@ -3,7 +3,7 @@
 The fixtures that need RabbitMQ, PostgreSQL, Chromium or faketime skip on a laptop and
 fail under ``CI=true`` (tests/conftest.py); this catches every other skip, so no test
 that was not run can leave ``make test`` green. ``SWITCHYARD_ALLOW_SKIPS=1`` (``make
-test`` then leaves ``CI`` alone) lets skips be skips, and the summary lists each one.
+test`` sets ``CI=true`` all the same) lets skips be skips, and the summary lists each one.
 
 A pytest plugin without Django, so tests/test_local_services.py can run it on its own;
 tests/conftest.py takes its hooks.

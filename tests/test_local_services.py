@@ -36,6 +36,10 @@ echo "15 main 5432 down postgres /var/lib/postgresql/15/main /var/log/y.log\""""
     "id": 'echo "$FAKE_UID"',
     # Installing a package puts its command on the PATH.
     "apt-get": """if [ "$1" = install ]; then
+  # What Debian's maintainer scripts would be told about starting a service (101: never).
+  if [ -x "$SWITCHYARD_POLICY_RC_D" ]; then "$SWITCHYARD_POLICY_RC_D" prometheus start
+    echo "policy-rc.d says $?" >> "$STATE/calls"
+  else echo "policy-rc.d absent" >> "$STATE/calls"; fi
   for package in "$@"; do
     case "$package" in
       chromium) command=chromium ;; chromium-driver) command=chromedriver ;;
@@ -55,7 +59,7 @@ class Machine:
         self.state = root / "state"
         self.bin.mkdir()
         self.state.mkdir()
-        for tool in ("sleep", "chmod"):  # the only outside commands the script and fakes use
+        for tool in ("sleep", "chmod", "rm", "sh"):  # the outside commands the script and fakes use
             os.symlink(shutil.which(tool), self.bin / tool)
         for name, body in FAKES.items():
             self.install(name, body)
@@ -69,6 +73,7 @@ class Machine:
         self.env = {
             "PATH": str(self.bin), "STATE": str(self.state), "FAKE_BIN": str(self.bin),
             "FAKE_UID": "0", "SWITCHYARD_SERVICES_WAIT": "2",
+            "SWITCHYARD_POLICY_RC_D": str(root / "policy-rc.d"),
             "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/switchyard",
             "RABBITMQ_MANAGEMENT_URL":
                 f"http://guest:guest@127.0.0.1:{self.listener.getsockname()[1]}",
@@ -181,8 +186,28 @@ def test_missing_packages_are_installed_from_debian_when_root(machine):
     assert done.returncode == 0, done.stderr
     assert machine.actions() == ["apt-get update -qq",
                                  "apt-get install -y -qq --no-install-recommends chromium "
-                                 "chromium-driver"]
+                                 "chromium-driver", "policy-rc.d says 101"]
     assert "installed chromium chromium-driver" in done.stdout
+    # The hook that kept services from starting is gone again.
+    assert not Path(machine.env["SWITCHYARD_POLICY_RC_D"]).exists()
+
+
+def test_installing_promtool_never_starts_a_prometheus_server(machine):
+    machine.remove("promtool")
+    done = machine.run()
+    assert done.returncode == 0, done.stderr
+    assert "policy-rc.d says 101" in machine.calls("policy-rc.d")
+    assert (machine.state.parent / "bin" / "promtool").exists()
+
+
+def test_a_policy_hook_of_the_machine_is_left_as_it_was(machine):
+    own = Path(machine.env["SWITCHYARD_POLICY_RC_D"])
+    own.write_text("#!/bin/sh\nexit 0\n")
+    own.chmod(0o755)
+    machine.remove("faketime")
+    assert machine.run().returncode == 0
+    assert machine.calls("policy-rc.d") == ["policy-rc.d says 0"]
+    assert own.read_text() == "#!/bin/sh\nexit 0\n"
 
 
 def test_missing_packages_without_root_stop_at_once_with_the_command(machine):
