@@ -256,7 +256,7 @@ def test_the_admin_asks_before_it_pauses_resumes_and_cancels(client, lanes_empty
     assert Job.objects.filter(status="queued").count() == 2
     done = client.post(url, {"action": "cancel_work", "_selected_action": [tenant.id],
                              "confirm": "yes", "lane": "quick"}, follow=True)
-    assert "Cancelled 2 job(s) of acme on quick" in done.content.decode()
+    assert "Cancelled 2 job(s) of acme (lane quick)" in done.content.decode()
     assert set(Job.objects.filter(id__in=[j.id for j in jobs])
                .values_list("status", flat=True)) == {"cancelled"}
 
@@ -264,6 +264,42 @@ def test_the_admin_asks_before_it_pauses_resumes_and_cancels(client, lanes_empty
                              "confirm": "yes"}, follow=True)
     assert "Resumed acme: 0 held job(s)" in done.content.decode()
     assert Tenant.objects.get(id=tenant.id).paused_at is None
+
+
+def test_the_admin_cancels_only_what_its_filters_select_after_counting_it(client, lanes_empty):
+    tenant = _tenant("acme")
+    old = [job_submit(tenant=tenant, task="demo.slow_task", params={"seconds": 1})[0]
+           for _ in range(3)]
+    Job.objects.filter(id__in=[j.id for j in old]).update(
+        submitted_at=platform_now() - dt.timedelta(hours=3))
+    new_slow = job_submit(tenant=tenant, task="demo.slow_task", params={"seconds": 1})[0]
+    quick = job_submit(tenant=tenant, task="demo.quick_task", params={})[0]
+    User.objects.create_superuser("ops", password="pw")
+    client.login(username="ops", password="pw")
+    url = "/admin/tenants/tenant/"
+    chosen = {"action": "cancel_work", "_selected_action": [tenant.id], "lane": "slow",
+              "task": "demo.slow_task", "older_than": "2h"}
+
+    page = client.post(url, {"action": "cancel_work", "_selected_action": [tenant.id]})
+    assert '<td class="work-count">5</td>' in page.content.decode()
+    # Counting again with filters is a dry run, even with the confirm field set
+    page = client.post(url, {**chosen, "confirm": "yes", "recount": "1"})
+    text = page.content.decode()
+    assert '<td class="work-count">3</td>' in text and 'value="2h"' in text
+    assert not Job.objects.filter(status="cancelled").exists()
+    # A bad duration is named, nothing is counted or cancelled, and there is no confirm
+    page = client.post(url, {**chosen, "older_than": "two hours", "confirm": "yes"})
+    text = page.content.decode()
+    assert "older than &#x27;two hours&#x27;: give a duration like 90s" in text
+    assert "Yes, cancel them" not in text
+    assert not Job.objects.filter(status="cancelled").exists()
+
+    done = client.post(url, {**chosen, "confirm": "yes"}, follow=True)
+    assert ("Cancelled 3 job(s) of acme (lane slow, task demo.slow_task, submitted more "
+            "than 2h ago)") in done.content.decode()
+    status = dict(Job.objects.values_list("id", "status"))
+    assert {status[j.id] for j in old} == {"cancelled"}
+    assert (status[new_slow.id], status[quick.id]) == ("queued", "queued")
 
 
 def _delivery(job: Job, publication: int):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -44,6 +45,18 @@ from switchyard.clock import platform_now
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_age(text: str) -> dt.timedelta:
+    """``90``, ``90s``, ``30m``, ``2h``, ``1d`` as a duration; ``ValueError`` saying what
+    is wrong otherwise (an operator's ``--older-than``, the admin's field)."""
+    match = _AGE.match(text.strip())
+    if not match:
+        raise ValueError(f"older than {text!r}: give a duration like 90s, 30m, 2h or 1d")
+    return dt.timedelta(seconds=float(match[1]) * _UNIT[match[2]])
 
 #: Jobs cancelled per UPDATE: bounded query parameters and short row locks.
 CANCEL_CHUNK = 2000

@@ -48,6 +48,7 @@ class TenantAdmin(admin.ModelAdmin):
     def _confirm(self, request, queryset, *, action: str, title: str, explanation: str,
                  count_label: str, count, confirm_label: str, **extra):
         rows = [{"tenant": tenant, "count": count(tenant)} for tenant in queryset]
+        extra.setdefault("can_confirm", True)
         return TemplateResponse(request, "admin/tenants/tenant/work_confirm.html", {
             **self.admin_site.each_context(request), "title": title, "rows": rows,
             "explanation": explanation, "count_label": count_label, "action": action,
@@ -91,25 +92,41 @@ class TenantAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel work not yet started of the selected tenants")
     def cancel_work(self, request, queryset):
-        if request.POST.get("confirm") != "yes":
+        # The page shows what its filters select (a dry run); "Count again" after a
+        # change of filters, "Yes, cancel them" to cancel what they select.
+        lane = request.POST.get("lane") or None
+        task = (request.POST.get("task") or "").strip() or None
+        older_than = (request.POST.get("older_than") or "").strip()
+        problem = ""
+        if lane is not None and lane not in topology.LANES_BY_NAME:
+            problem = f"no lane {lane!r}"
+        try:
+            age = tenant_work.parse_age(older_than) if older_than else None
+        except ValueError as exc:
+            problem, age = str(exc), None
+        filters = {"lane": lane, "task": task, "older_than": age}
+        if problem or request.POST.get("confirm") != "yes" or request.POST.get("recount"):
             return self._confirm(
                 request, queryset, action="cancel_work", title="Cancel work not yet started",
-                explanation="Every job of theirs that has not started is cancelled and never "
-                "runs; workflow steps are counted by their workflows, which may cancel the "
-                "steps depending on them. Running jobs finish. This cannot be undone.",
+                explanation="Every job of theirs that has not started and that the filters "
+                "select is cancelled and never runs; workflow steps are counted by their "
+                "workflows, which may cancel the steps depending on them. Running jobs "
+                "finish. This cannot be undone.",
                 count_label="jobs to cancel", confirm_label="Yes, cancel them",
-                count=lambda t: tenant_work.tenant_work_cancel(tenant=t, dry_run=True).jobs,
-                with_lane=True, lanes=sorted(topology.LANES_BY_NAME))
-        lane = request.POST.get("lane") or None
-        if lane is not None and lane not in topology.LANES_BY_NAME:
-            self.message_user(request, f"no lane {lane!r}", messages.ERROR)
-            return None
+                count=lambda t: "?" if problem else tenant_work.tenant_work_cancel(
+                    tenant=t, dry_run=True, **filters).jobs,
+                with_filters=True, lanes=sorted(topology.LANES_BY_NAME), can_confirm=not problem,
+                problem=problem,
+                chosen={"lane": lane or "", "task": task or "", "older_than": older_than})
+        scope = ", ".join(part for part in (
+            f"lane {lane}" if lane else "", f"task {task}" if task else "",
+            f"submitted more than {older_than} ago" if older_than else "") if part)
         for tenant in queryset:
-            count = tenant_work.tenant_work_cancel(tenant=tenant, lane=lane)
-            where = f" on {lane}" if lane else ""
+            count = tenant_work.tenant_work_cancel(tenant=tenant, **filters)
+            where = f" ({scope})" if scope else ""
             self.message_user(request, f"cancelled {count.jobs} job(s) of {tenant.name}"
-                              f"{where} ({count.steps} workflow step(s); "
-                              f"{count.cascaded} more cancelled by their workflows)")
+                              f"{where}: {count.steps} workflow step(s); "
+                              f"{count.cascaded} more cancelled by their workflows")
         return None
 
     def save_model(self, request, obj, form, change) -> None:

@@ -18,7 +18,6 @@ counts. See ``jobs.tenant_work``. Exit codes: 0 done; 1 no such tenant or bad op
 from __future__ import annotations
 
 import datetime as dt
-import re
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -26,17 +25,12 @@ from jobs import tenant_work
 from routing import topology
 from tenants.selectors import tenant_by_name
 
-_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
 
 def parse_age(text: str) -> dt.timedelta:
-    """``90``, ``90s``, ``30m``, ``2h``, ``1d`` as a duration."""
-    match = _AGE.match(text.strip())
-    if not match:
-        raise CommandError(f"--older-than {text!r}: give a duration like 90s, 30m, 2h or 1d",
-                           returncode=1)
-    return dt.timedelta(seconds=float(match[1]) * _UNIT[match[2]])
+    try:
+        return tenant_work.parse_age(text)
+    except ValueError as exc:
+        raise CommandError(f"--{exc}", returncode=1) from None
 
 
 class Command(BaseCommand):
