@@ -86,6 +86,7 @@ def exported(client, topology_applied, transactional_db) -> set[str]:
     from jobs.models import Job
     from jobs.signals import job_event_send, workflow_event_send
     from monitoring.metrics import EVENTS
+    from schedules.signals import schedule_event_send
     from tenants.models import Tenant
 
     for event in EVENTS:
@@ -93,6 +94,9 @@ def exported(client, topology_applied, transactional_db) -> set[str]:
                        wait=0.1, run=0.2, end_to_end=0.3)
     workflow_event_send("started", kind="steps")
     workflow_event_send("finished", kind="steps", status="succeeded")
+    for event in ("fired", "skipped", "started"):
+        schedule_event_send(event, task="demo.quick_task", reason="missed", lane="quick",
+                            tier="premium", lateness=0.05)
     tenant = Tenant.objects.create(name="acme", tier="premium")
     now = timezone.now()
     Job.objects.create(tenant=tenant, tenant_name=tenant.name, task="demo.quick_task",
@@ -165,6 +169,10 @@ def test_the_dashboard_shows_each_view_per_lane_and_tier():
         "Workflows: running, stuck, and finished per minute by outcome": [
             "switchyard_workflows_running", "switchyard_workflows_stuck",
             "switchyard_workflows_finished_total"],
+        "Schedule fires and skips per minute": ["switchyard_schedule_fires_total",
+                                                "switchyard_schedule_skips_total"],
+        "Schedule lateness p50 / p95 / p99": ["histogram_quantile(0.99,",
+                                              "switchyard_schedule_lateness_seconds_bucket"],
     }
     for title, needles in views.items():
         text = _expressions_of(title)
@@ -177,8 +185,11 @@ def test_the_dashboard_shows_each_view_per_lane_and_tier():
     for panel in panels():
         for target in panel["targets"]:
             expr = target["expr"]
-            if "switchyard_workflow" in expr:
-                continue  # a workflow's steps run in every lane: none is its own
+            if "switchyard_workflow" in expr or re.search(r"switchyard_schedule_(fires|skips)",
+                                                          expr):
+                # A workflow's steps run in every lane: none is its own. A schedule's fire
+                # and skip counts are by task, told apart before a lane matters.
+                continue
             assert 'lane=~"$lane"' in expr, (panel["title"], expr)
             if 'tier=~"$tier"' in expr:
                 assert re.search(r"by \(lane, tier\b", expr), (panel["title"], expr)
