@@ -736,7 +736,9 @@ def _chord_run(make_chord, done_headers, role, headers: int, *, kill: bool,
         os.kill(child, signal.SIGKILL)
         killed = f"pool process {child} SIGKILLed after {headers // 3:,} headers"
     try:
-        value = result.get(timeout=timeout, interval=0.05)
+        # Celery's default poll interval (0.5 s) on both sides: what a caller's get() does
+        # unless told otherwise, and no side's poll loads the machine the chord runs on.
+        value = result.get(timeout=timeout, interval=0.5)
     except Exception as exc:  # the callback never came: say how it ended
         return None, f"{type(exc).__name__}: {str(exc)[:120]}", killed
     return time.perf_counter() - started, value, killed

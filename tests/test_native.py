@@ -193,7 +193,11 @@ def test_forgeries_gain_nothing(start_role, management, broker_url):
     # The victim's job ran once, with its own params: the stolen id ran nothing
     victims = Job.objects.get(id=job.id)
     assert (victims.attempts, victims.result, victims.tenant) == (1, "victim's", victim)
-    assert stolen == str(job.id) and f"delivery of job {job.id} (tenant victim)" in worker.log()
+    # (the forged copy may be taken after both jobs ran: its refusal is waited for)
+    assert stolen == str(job.id)
+    wait_until(lambda: f"delivery of job {job.id} (tenant victim)" in worker.log(), 30,
+               "the forged delivery's refusal in the worker's log", roles=[worker])
+    assert Job.objects.get(id=job.id).attempts == 1
     # The builtin never ran: dead-lettered with the reason, no job, no starmap run
     dead_letters(broker_url, "quick", [builtin])
     assert not Job.objects.filter(id=builtin).exists()

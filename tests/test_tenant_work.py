@@ -61,6 +61,13 @@ def test_pause_takes_back_what_is_in_the_broker_and_holds_new_work(lanes_empty, 
                  for _ in range(3)]
     assert _ready(lanes_empty, "quick") == 3
 
+    # A dry run says what a pause would hold, and changes nothing
+    out = run("pause", "noisy", "--dry-run")
+    assert ("would pause noisy: 3 waiting job(s) held, 3 of them taken back from the broker; "
+            "0 running job(s) finish; dry run, nothing changed") in out
+    assert Tenant.objects.get(id=noisy.id).paused_at is None
+    assert Job.objects.filter(tenant=noisy, published_at__isnull=False).count() == 3
+
     # When the operator pauses the noisy tenant
     out = run("pause", "noisy", "--reason", "flood on quick")
 
@@ -93,7 +100,11 @@ def test_pause_takes_back_what_is_in_the_broker_and_holds_new_work(lanes_empty, 
     assert job_refill_window(job_id=held.id, lane="slow") == 0
     assert not Job.objects.filter(tenant=noisy, published_at__isnull=False).exists()
 
-    # When it is resumed, the dispatcher publishes all 4 again, each once
+    # When it is resumed (a dry run first: it counts, and the tenant stays paused), the
+    # dispatcher publishes all 4 again, each once
+    out = run("resume", "noisy", "--dry-run")
+    assert "would resume noisy (paused): the dispatcher would publish its 4 unpublished" in out
+    assert Tenant.objects.get(id=noisy.id).paused_at is not None
     out = run("resume", "noisy")
     assert "resumed noisy: the dispatcher publishes its 4 held job(s)" in out
     assert job_publish_due(now=platform_now() + LATER) == 4

@@ -51,9 +51,12 @@ from typing import Any
 
 from celery.exceptions import Reject
 from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.db.models.functions import Now
 from django.utils.dateparse import parse_datetime
 
 import routing.celery_config as routing_celery
+from jobs import fairness
 from jobs.catalogue import InvalidParams, catalogue_task, positional_names, validate_params
 from jobs.errors import InvalidSubmission, QuotaExceeded
 from jobs.models import Job, Workflow, WorkflowStep
@@ -68,6 +71,7 @@ from routing import priorities, topology
 from switchyard.celery import app
 from switchyard.clock import platform_now
 from switchyard.logs import job_fields
+from switchyard.returning import insert_where
 from tenants.models import Tenant
 from tenants.selectors import tenant_by_name
 
@@ -76,6 +80,12 @@ logger = logging.getLogger(__name__)
 #: Header a Celery-native caller may set to give its job a retry policy (the REST API's
 #: ``options.retry_policy``; Celery's own ``retry_policy`` only retries the publish).
 RETRY_POLICY_HEADER = "switchyard_retry_policy"
+
+
+class AlreadyRecorded(Exception):
+    """The message's id is a recorded job's already (another delivery or another message
+    recorded it first): nothing was written; the caller treats the message as one naming
+    an existing job (``jobs.task``)."""
 
 
 class Refused(ValueError):
@@ -108,12 +118,18 @@ def native_params(task, args: Sequence[Any], kwargs: Mapping[str, Any] | None) -
     return params
 
 
-def job_admit_native(*, task, task_id: str, args, kwargs, sender: Sender) -> dict | None:
+def job_admit_native(*, task, task_id: str, args, kwargs, sender: Sender,
+                     start_as: str | None = None) -> dict | None:
     """Record a Celery-native delivery; the params to run it with now, or None.
+
+    With ``start_as`` (the worker's name) a job that may run now is recorded ``started``
+    by this worker, in the insert itself: the params are then
+    those of a started run. Without it, the caller starts the job.
 
     None: recorded for later (``eta``) or re-published where it belongs; this delivery
     must be acknowledged unrun. Raises ``Reject`` (no requeue) after recording the job
-    ``dead`` with its reason.
+    ``dead`` with its reason, and ``AlreadyRecorded`` (nothing written) if a job of this
+    id exists: the caller does not ask first, a first sight being the common case.
     """
     request = task.request
     delivery = request.delivery_info or {}
@@ -158,10 +174,12 @@ def job_admit_native(*, task, task_id: str, args, kwargs, sender: Sender) -> dic
                     extra=job_fields(job))
         return None
     if in_band:
-        return job.params if _save_first_sight(job, canvas) else None
+        if start_as is None:
+            _save_first_sight(job, canvas)
+            return job.params
+        return _start_first_sight(job, canvas, now, worker=start_as)
     job.published_at = None
-    if not _save_first_sight(job, canvas):
-        return None  # another delivery of the same id got here first
+    _save_first_sight(job, canvas)
     if tenant is not None and tenant.paused_at is not None:
         return None  # recorded unpublished: the dispatcher publishes it on resume
     logger.info("native job %s claimed %s priority %s; re-published as %s priority %s",
@@ -341,24 +359,60 @@ def _lane_for(task, params, tenant: Tenant | None) -> str:
         return task.lane
 
 
-def _save_first_sight(job: Job, canvas: Canvas) -> bool:
+def _start_first_sight(job: Job, canvas: Canvas, now: dt.datetime, *,
+                       worker: str) -> dict | None:
+    """Record ``job`` already started by ``worker`` (one statement: the insert, with the
+    tenant's pause read inside it); its params, or None if it may not start: expired
+    already, or its tenant paused (recorded unpublished then, for the dispatcher to
+    publish on resume, as ``jobs.task`` does with a paused tenant's delivery)."""
+    if job.expires_at is not None and job.expires_at <= now:
+        job.published_at = None  # the dispatcher's pass records it expired
+        _save_first_sight(job, canvas)
+        return None
+    if canvas.chain:
+        # The chain's workflow records its first step with the rest: started after it.
+        _save_first_sight(job, canvas)
+        waiting = Job.objects.filter(id=job.id, status__in=Job.WAITING)
+        if waiting.filter(fairness.tenant_not_paused()).update(
+                status=Job.Status.STARTED, started_at=Now(), attempts=F("attempts") + 1,
+                worker=worker):
+            return job.params
+        waiting.update(published_at=None)  # paused: published on resume
+        return None
+    job.status, job.started_at, job.attempts, job.worker = Job.Status.STARTED, now, 1, worker
+    if _save_first_sight(job, canvas, start=True):
+        return job.params
+    return None
+
+
+def _save_first_sight(job: Job, canvas: Canvas, *, start: bool = False) -> bool:
     """Record the job (with its chain's workflow, or its chord step) in one transaction;
-    False if another delivery of the same id recorded it first. A job dead at first sight
-    is counted by its workflow at once (what follows it in a chain is cancelled)."""
+    ``AlreadyRecorded`` if a job of the same id was recorded first. With ``start`` (the
+    job set ``started``), only while its tenant is not paused: True if it was. A job dead at first
+    sight is counted by its workflow at once (what follows it in a chain is cancelled)."""
+    started = False
     try:
         with transaction.atomic():
             if canvas.chain:
                 workflow_submit(tenant=job.tenant, steps=canvas.chain, kind=Workflow.Kind.CHAIN,
                                 quotas=False)
+            elif start and job.tenant_id is not None:
+                started = insert_where(job, fairness.tenant_not_paused_sql(), [job.tenant_id])
+                if not started:  # paused: recorded unpublished, published on resume
+                    job.status, job.started_at, job.attempts, job.worker = (
+                        Job.Status.QUEUED, None, 0, "")
+                    job.published_at = None
+                    job.save(force_insert=True)
             else:
                 job.save(force_insert=True)
-                if canvas.chord_step is not None:
-                    canvas.chord_step.save(force_insert=True)
+                started = start
+            if not canvas.chain and canvas.chord_step is not None:
+                canvas.chord_step.save(force_insert=True)
             if job.status in Job.FINISHED:
                 step_ended(job, job.status)
     except IntegrityError:
-        return False
+        raise AlreadyRecorded(job.id) from None
     job_events_for("submitted", [job])
     if job.status == Job.Status.DEAD:
         job_events_for("dead", [job])
-    return True
+    return started

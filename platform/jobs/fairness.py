@@ -187,6 +187,14 @@ def tenant_not_paused() -> Q:
     return ~Exists(Tenant.objects.filter(id=OuterRef("tenant_id"), paused_at__isnull=False))
 
 
+def tenant_not_paused_sql() -> str:
+    """``tenant_not_paused`` for one tenant, as SQL taking its id as the one parameter
+    (a job inserted only while its tenant is not paused: ``jobs.admission``)."""
+    quote = connection.ops.quote_name
+    return (f"NOT EXISTS (SELECT 1 FROM {quote(Tenant._meta.db_table)} WHERE "
+            f"{quote('id')} = %s AND {quote('paused_at')} IS NOT NULL)")
+
+
 def must_hold(*, lane: str, tier: str, tenant) -> bool:
     """Should a new job of ``tenant`` for ``lane`` wait in the table rather than
     be published now? Yes when the tenant is paused, its window is full, or older

@@ -26,6 +26,7 @@ from jobs.submission import new_job
 from jobs.workflows import step_ended
 from switchyard.clock import platform_now
 from switchyard.logs import job_fields
+from switchyard.returning import update_returning
 
 logger = logging.getLogger(__name__)
 
@@ -63,24 +64,21 @@ def job_record_success(*, job_id, result: Any, failed_items: int = 0,
     in its workflow (``jobs.workflows``). False if it was not started.
 
     Without follow-ups (``has_link``: the message's ``LINK_HEADER``) this is one UPDATE
-    in autocommit (one round trip: it runs after every job); with them, they are
-    written in the same transaction.
+    in autocommit (one round trip: it runs after every job); with them, the UPDATE reads
+    the job back (``RETURNING``) and they are written in the same transaction.
     """
-    def succeed() -> int:
-        return Job.objects.filter(id=job_id, status=Job.Status.STARTED).update(
-            status=Job.Status.SUCCEEDED, finished_at=Now(), result=result, error="",
-            failed_items=failed_items)
-
+    started = Job.objects.filter(id=job_id, status=Job.Status.STARTED)
+    values = {"status": Job.Status.SUCCEEDED, "finished_at": Now(), "result": result,
+              "error": "", "failed_items": failed_items}
     if not has_link:
-        return bool(succeed())
+        return bool(started.update(**values))
     with transaction.atomic():
-        updated = succeed()
-        if updated:
-            job = Job.objects.select_related("tenant").get(id=job_id)
+        succeeded = update_returning(started, **values)
+        for job in succeeded:
             if job.link:
                 _submit_followup(job, job.link, passed=job.result)
             step_ended(job, Job.Status.SUCCEEDED)
-    return bool(updated)
+    return bool(succeeded)
 
 
 def job_record_failure(*, job_id, error: str, retryable: bool = True,

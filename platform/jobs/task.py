@@ -34,7 +34,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Now
 
 from jobs import fairness
-from jobs.admission import Refused, job_admit_native, jsonable, native_params
+from jobs.admission import AlreadyRecorded, Refused, job_admit_native, jsonable, native_params
 from jobs.calls import platform_call
 from jobs.dispatch import job_refill_window
 from jobs.errors import PermanentFailure
@@ -269,11 +269,14 @@ def _begin(task, task_id: str, args, kwargs, sender: Sender) -> dict | None:
     unpaused = Q(status=Job.Status.STARTED) | fairness.tenant_not_paused()
     allowed = own.filter(fresh, unpaused,
                          attempts__lt=F("max_attempts") + LOST_DELIVERY_ALLOWANCE)
-    if not (sender.platform or redelivered or isinstance(publication, int)) and \
-            not Job.objects.filter(id=task_id).exists():
-        # A tenant's own message, seen for the first time (the common case of the native
-        # path): one read says so, rather than an UPDATE that finds nothing and a read.
-        return _admit(task, task_id, args, kwargs, sender, values, fresh)
+    if not (sender.platform or redelivered or isinstance(publication, int)):
+        # A tenant's own message, most often seen for the first time (the common case of
+        # the native path): recorded at once, with no read first; the insert itself says
+        # when a job of this id exists, and the message is then held to that record.
+        try:
+            return _admit(task, task_id, args, kwargs, sender)
+        except AlreadyRecorded:
+            pass
     if allowed.update(**values):
         _started(task, request, sender)
         return params
@@ -301,21 +304,23 @@ def _begin(task, task_id: str, args, kwargs, sender: Sender) -> dict | None:
         logger.info("job %s (%s) is not runnable by this delivery; acknowledged unrun",
                     task_id, job.status)
         return None
-    return _admit(task, task_id, args, kwargs, sender, values, fresh)
+    try:
+        return _admit(task, task_id, args, kwargs, sender)
+    except AlreadyRecorded:  # recorded since it was looked for, by another delivery
+        logger.info("job %s was recorded by another delivery meanwhile; acknowledged unrun",
+                    task_id)
+        return None
 
 
-def _admit(task, task_id: str, args, kwargs, sender: Sender, values: dict, fresh: Q):
-    """Record a message that has no job yet (``jobs.admission``) and start it if it may
-    run now; the params to run it with, or None."""
+def _admit(task, task_id: str, args, kwargs, sender: Sender):
+    """Record a message that has no job yet (``jobs.admission``), started by this
+    delivery in the same insert if it may run now; the params to run it with, or None."""
     params = job_admit_native(task=task, task_id=task_id, args=args, kwargs=kwargs,
-                              sender=sender)
-    admitted = Job.objects.filter(fresh, id=task_id, status__in=Job.WAITING)
-    if params is not None and admitted.filter(fairness.tenant_not_paused()).update(**values):
-        _started(task, task.request, sender)
-        return params
-    if params is not None:  # its tenant is paused: the dispatcher publishes it on resume
-        admitted.update(published_at=None)
-    return None
+                              sender=sender, start_as=task.request.hostname or "")
+    if params is None:
+        return None
+    _started(task, task.request, sender)
+    return params
 
 
 def _started(task, request, sender: Sender) -> None:

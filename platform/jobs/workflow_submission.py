@@ -281,13 +281,30 @@ def chord_join(job: Job, *, group_id, index: int | None) -> WorkflowStep:
     """The (unsaved) step row making ``job`` (a chord header at its first sight, unsaved)
     a step of its registered chord; sets ``job.workflow``. ``InvalidSubmission`` saying
     why it cannot be. The caller saves the job, then the row, in one transaction."""
-    header = (ChordHeader.objects.filter(job_id=job.id, workflow_id=group_id)
-              .values_list("body_id", "workflow__tenant_id").first())
-    if header is None or header[1] != job.tenant_id:
+    body_id = (ChordHeader.objects.filter(job_id=job.id, workflow_id=group_id)
+               .values_list("body_id", flat=True).first())
+    if body_id is None or _chord_tenant(group_id) != job.tenant_id:
         raise InvalidSubmission("chord", f"it is not a header of a chord registered with "
                                 f"the platform as {group_id}: publish chords through "
                                 "switchyard_client.connect(), whose result backend registers "
                                 "them")
     job.workflow_id = group_id
     return WorkflowStep(job=job, workflow_id=group_id, name=str(job.id), index=index or 0,
-                        dependents=[str(header[0])])
+                        dependents=[str(body_id)])
+
+
+#: Per process: a chord's tenant id by the chord's id, for its headers' first sights. A
+#: workflow's tenant never changes, and the chord's row is the one every header's count
+#: updates: its headers read their own rows only.
+_chord_tenants: dict[Any, Any] = {}
+_CHORD_TENANTS_KEPT = 256
+
+
+def _chord_tenant(group_id):
+    key = str(group_id)
+    if key not in _chord_tenants:
+        tenant_id = Workflow.objects.filter(id=group_id).values_list("tenant_id", flat=True)
+        if len(_chord_tenants) >= _CHORD_TENANTS_KEPT:
+            _chord_tenants.clear()
+        _chord_tenants[key] = tenant_id.first()
+    return _chord_tenants[key]

@@ -47,6 +47,7 @@ from jobs.publishing import publish_or_defer
 from jobs.signals import job_events_for, workflow_event_send
 from routing import topology
 from switchyard.clock import platform_now
+from switchyard.returning import update_returning
 
 logger = logging.getLogger(__name__)
 
@@ -101,20 +102,43 @@ def _lock(workflow_id) -> Workflow | None:  # held until the transaction ends
     return Workflow.objects.select_for_update().filter(id=workflow_id).first()
 
 
-def _count(workflow_id, statuses: Mapping[str, str]) -> None:
+def _lock_counting(workflow_id, ending: int) -> tuple[Workflow | None, int]:
+    """The workflow's row locked (until the transaction ends) and its ``open_steps`` as
+    written, for ``ending`` steps to count. The common case, steps that are not its
+    ``on_complete`` ending while others are open, takes the lock and lowers the count in
+    one statement (a chord's headers: one statement fewer on the row every header
+    updates); otherwise a plain lock, the count unchanged."""
+    lowered = update_returning(Workflow.objects.filter(id=workflow_id, open_steps__gte=ending),
+                               open_steps=F("open_steps") - ending)
+    if lowered:
+        workflow = lowered[0]
+        written = workflow.open_steps
+        workflow.open_steps += ending  # as it was: the loop counts each real end
+        return workflow, written
     workflow = _lock(workflow_id)
+    return workflow, workflow.open_steps if workflow is not None else 0
+
+
+def _count(workflow_id, statuses: Mapping[str, str]) -> None:
+    workflow, open_steps_written = _lock_counting(workflow_id, len(statuses))
     if workflow is None:
         return
+    written = (open_steps_written, workflow.reason, workflow.status, workflow.finished_at)
     now = platform_now()
     pending = dict(statuses)  # job id -> status, still to count
     while pending:
-        steps = []
-        for ids in _chunks(list(pending)):
-            steps += list(WorkflowStep.objects.filter(job_id__in=ids, outcome=""))
         batch, pending = pending, {}
+        steps = []
+        by_status: dict[str, list[str]] = defaultdict(list)
+        for job_id, status in batch.items():
+            by_status[status].append(job_id)
+        for status, job_ids in by_status.items():
+            for ids in _chunks(job_ids):
+                # Written once: a step already counted (a redelivery, a replay) is not here.
+                steps += update_returning(WorkflowStep.objects.filter(job_id__in=ids, outcome=""),
+                                          outcome=status)
         for step in steps:
-            status = batch[str(step.job_id)]
-            WorkflowStep.objects.filter(job_id=step.job_id).update(outcome=status)
+            status = step.outcome
             if step.is_on_complete:
                 if status != Job.Status.SUCCEEDED and not workflow.reason:
                     workflow.reason = f"the on_complete step {step.name!r} ended {status}"
@@ -131,7 +155,8 @@ def _count(workflow_id, statuses: Mapping[str, str]) -> None:
                     workflow, step, f"not run: step {step.name!r} ended {status}", now)
         if workflow.open_steps == 0 and workflow.status == Workflow.Status.RUNNING:
             pending.update(_complete(workflow, now))
-    _save_counts(workflow)
+    if (workflow.open_steps, workflow.reason, workflow.status, workflow.finished_at) != written:
+        _save_counts(workflow)
 
 
 def _save_counts(workflow: Workflow) -> None:
@@ -146,12 +171,17 @@ def _release_dependents(workflow: Workflow, step: WorkflowStep,
     Returns the released steps that ended at once (their params do not fit)."""
     if not step.dependents:
         return {}
-    ready: list[WorkflowStep] = []
+    ready: list[Any] = []
     for ids in _chunks(step.dependents):
-        WorkflowStep.objects.filter(job_id__in=ids, outcome="").update(
-            waiting_for=F("waiting_for") - 1)
-        ready += list(WorkflowStep.objects.filter(job_id__in=ids, outcome="", waiting_for=0))
-    return _release(workflow, ready, now)
+        # Only the counters come back: a fan-in step's row holds its whole dependency list.
+        lowered = update_returning(WorkflowStep.objects.filter(job_id__in=ids, outcome=""),
+                                   fields=["waiting_for"], waiting_for=F("waiting_for") - 1)
+        ready += [dependent.job_id for dependent in lowered if dependent.waiting_for == 0]
+    if not ready:
+        return {}
+    steps = [dependent for ids in _chunks(ready)
+             for dependent in WorkflowStep.objects.filter(job_id__in=ids)]
+    return _release(workflow, steps, now)
 
 
 def _complete(workflow: Workflow, now: dt.datetime) -> dict[str, str]:

@@ -3,6 +3,7 @@
 Examples (docs/runbooks/backlog-growing.md)::
 
     python platform/manage.py tenant_work status acme
+    python platform/manage.py tenant_work pause acme --dry-run
     python platform/manage.py tenant_work pause acme --reason "flood on slow"
     python platform/manage.py tenant_work cancel acme --lane slow --older-than 2h --dry-run
     python platform/manage.py tenant_work cancel acme --lane slow --older-than 2h
@@ -12,8 +13,9 @@ Examples (docs/runbooks/backlog-growing.md)::
 published, copies already in the broker are acknowledged unrun and their jobs kept,
 running jobs finish, new submissions are accepted and held. ``resume`` has the
 dispatcher publish all of it again under the usual fair-share rules. ``cancel`` ends
-what has not started (workflow steps counted by their workflows); ``--dry-run`` only
-counts. See ``jobs.tenant_work``. Exit codes: 0 done; 1 no such tenant or bad option.
+what has not started (workflow steps counted by their workflows). ``--dry-run``, on
+each of the three, only counts. See ``jobs.tenant_work``. Exit codes: 0 done; 1 no
+such tenant or bad option.
 """
 from __future__ import annotations
 
@@ -43,7 +45,11 @@ class Command(BaseCommand):
         pause = actions.add_parser("pause", help="hold all its waiting work: none published "
                                    "or started until resumed; running jobs finish")
         pause.add_argument("--reason", default="", help="shown in the admin and by status")
+        pause.add_argument("--dry-run", action="store_true",
+                           help="count what would be held; change nothing")
         resume = actions.add_parser("resume", help="publish its held work again (dispatcher)")
+        resume.add_argument("--dry-run", action="store_true",
+                            help="count what would be published; change nothing")
         cancel = actions.add_parser("cancel", help="cancel its work not yet started")
         cancel.add_argument("--lane", choices=sorted(topology.LANES_BY_NAME),
                             help="only this lane's jobs")
@@ -74,7 +80,17 @@ class Command(BaseCommand):
             self.stdout.write(f"{row.lane:<8} {row.in_broker:>10} {row.unpublished:>12} "
                               f"{row.blocked:>8} {row.started:>8}")
 
-    def _pause(self, tenant, *, reason: str, **_):
+    def _pause(self, tenant, *, reason: str, dry_run: bool, **_):
+        if dry_run:
+            rows = tenant_work.tenant_work_summary(tenant=tenant)
+            already = " (it already is paused)" if tenant.paused_at else ""
+            self.stdout.write(
+                f"would pause {tenant.name}{already}: "
+                f"{sum(r.in_broker + r.unpublished for r in rows)} waiting job(s) held, "
+                f"{sum(r.in_broker for r in rows)} of them taken back from the broker; "
+                f"{sum(r.started for r in rows)} running job(s) finish; dry run, nothing "
+                "changed")
+            return
         out = tenant_work.tenant_work_pause(tenant=tenant, reason=reason)
         already = " (it already was)" if out.was_paused else ""
         self.stdout.write(
@@ -83,7 +99,14 @@ class Command(BaseCommand):
             f"new submissions are accepted and held. Resume with "
             f"`python platform/manage.py tenant_work resume {tenant.name}`")
 
-    def _resume(self, tenant, **_):
+    def _resume(self, tenant, *, dry_run: bool, **_):
+        if dry_run:
+            held = sum(r.unpublished for r in tenant_work.tenant_work_summary(tenant=tenant))
+            state = "paused" if tenant.paused_at else "not paused"
+            self.stdout.write(f"would resume {tenant.name} ({state}): the dispatcher would "
+                              f"publish its {held} unpublished job(s); dry run, nothing "
+                              "changed")
+            return
         out = tenant_work.tenant_work_resume(tenant=tenant)
         if not out.was_paused:
             self.stdout.write(f"{tenant.name} was not paused; {out.to_publish} unpublished "
