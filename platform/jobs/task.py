@@ -270,9 +270,9 @@ def _begin(task, task_id: str, args, kwargs, sender: Sender) -> dict | None:
     allowed = own.filter(fresh, unpaused,
                          attempts__lt=F("max_attempts") + LOST_DELIVERY_ALLOWANCE)
     if not (sender.platform or redelivered or isinstance(publication, int)):
-        # A tenant's own message, most often seen for the first time (the common case of
-        # the native path): recorded at once, with no read first; the insert itself says
-        # when a job of this id exists, and the message is then held to that record.
+        # A tenant's own message, most often a first sight (the native path's common case):
+        # recorded at once, no read first; if the insert finds the id taken, the message
+        # is held to that record.
         try:
             return _admit(task, task_id, args, kwargs, sender)
         except AlreadyRecorded:
@@ -306,9 +306,7 @@ def _begin(task, task_id: str, args, kwargs, sender: Sender) -> dict | None:
         return None
     try:
         return _admit(task, task_id, args, kwargs, sender)
-    except AlreadyRecorded:  # recorded since it was looked for, by another delivery
-        logger.info("job %s was recorded by another delivery meanwhile; acknowledged unrun",
-                    task_id)
+    except AlreadyRecorded:  # by another delivery since it was looked for: acked unrun
         return None
 
 
