@@ -39,6 +39,10 @@ canvas, an unregistered chord, a quota) is recorded ``dead`` with the reason, an
 message rejected into ``<lane>.dead``: nothing is dropped silently. A message from one
 of the platform's own users (beat, or a message published before its job record
 existed) keeps its ``tenant`` header, which only the platform can have set.
+
+Size: one message's first sight, read together when a message did or did not become a
+job: each ``apply_async`` option's meaning, its canvas, and the one insert that records
+(and, if it may run, starts) it.
 """
 from __future__ import annotations
 

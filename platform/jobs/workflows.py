@@ -24,6 +24,9 @@ by ``workflow_sweep``, under the same lock: never twice, never lost. Lock order:
 step's job row, the workflow row, then what it releases or cancels; ``workflow_cancel``
 and ``step_cancel`` lock the workflow first and touch only steps not started, which no
 step's end holds: no cycle, no deadlock.
+
+Size: counting, releasing and cancelling share that lock order and the workflow's
+counts; one module keeps them where the order can be checked in one reading.
 """
 from __future__ import annotations
 
