@@ -131,7 +131,7 @@ def test_a_native_message_is_admitted_on_the_database_clock(host_clock_ahead, te
     try:
         # When a worker an hour ahead sees it first
         assert job_admit_native(task=task, task_id=task_id, args=(), kwargs={"x": 1},
-                                sender=sender) == {"x": 1}
+                                sender=sender, start_as="quick@clocks") == {"x": 1}
     finally:
         task.pop_request()
     # Then its record's times are the database's

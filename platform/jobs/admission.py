@@ -55,15 +55,13 @@ from typing import Any
 
 from celery.exceptions import Reject
 from django.db import IntegrityError, transaction
-from django.db.models import F
-from django.db.models.functions import Now
 from django.utils.dateparse import parse_datetime
 
 import routing.celery_config as routing_celery
 from jobs import fairness
 from jobs.catalogue import InvalidParams, catalogue_task, positional_names, validate_params
 from jobs.errors import InvalidSubmission, QuotaExceeded
-from jobs.models import Job, Workflow, WorkflowStep
+from jobs.models import Job, Workflow, WorkflowStep, start_values
 from jobs.options import MAX_DELAY, RetryPolicy
 from jobs.publishing import publish_job
 from jobs.quotas import check_quotas
@@ -75,7 +73,7 @@ from routing import priorities, topology
 from switchyard.celery import app
 from switchyard.clock import platform_now
 from switchyard.logs import job_fields
-from switchyard.returning import insert_where
+from switchyard.returning import insert_unless
 from tenants.models import Tenant
 from tenants.selectors import tenant_by_name
 
@@ -123,12 +121,11 @@ def native_params(task, args: Sequence[Any], kwargs: Mapping[str, Any] | None) -
 
 
 def job_admit_native(*, task, task_id: str, args, kwargs, sender: Sender,
-                     start_as: str | None = None) -> dict | None:
+                     start_as: str) -> dict | None:
     """Record a Celery-native delivery; the params to run it with now, or None.
 
-    With ``start_as`` (the worker's name) a job that may run now is recorded ``started``
-    by this worker, in the insert itself: the params are then
-    those of a started run. Without it, the caller starts the job.
+    A job that may run now is recorded ``started`` by the worker ``start_as``, in the
+    insert itself: the params are then those of a started run.
 
     None: recorded for later (``eta``) or re-published where it belongs; this delivery
     must be acknowledged unrun. Raises ``Reject`` (no requeue) after recording the job
@@ -178,9 +175,6 @@ def job_admit_native(*, task, task_id: str, args, kwargs, sender: Sender,
                     extra=job_fields(job))
         return None
     if in_band:
-        if start_as is None:
-            _save_first_sight(job, canvas)
-            return job.params
         return _start_first_sight(job, canvas, now, worker=start_as)
     job.published_at = None
     _save_first_sight(job, canvas)
@@ -377,9 +371,7 @@ def _start_first_sight(job: Job, canvas: Canvas, now: dt.datetime, *,
         # The chain's workflow records its first step with the rest: started after it.
         _save_first_sight(job, canvas)
         waiting = Job.objects.filter(id=job.id, status__in=Job.WAITING)
-        if waiting.filter(fairness.tenant_not_paused()).update(
-                status=Job.Status.STARTED, started_at=Now(), attempts=F("attempts") + 1,
-                worker=worker):
+        if waiting.filter(fairness.tenant_not_paused()).update(**start_values(worker)):
             return job.params
         waiting.update(published_at=None)  # paused: published on resume
         return None
@@ -392,8 +384,9 @@ def _start_first_sight(job: Job, canvas: Canvas, now: dt.datetime, *,
 def _save_first_sight(job: Job, canvas: Canvas, *, start: bool = False) -> bool:
     """Record the job (with its chain's workflow, or its chord step) in one transaction;
     ``AlreadyRecorded`` if a job of the same id was recorded first. With ``start`` (the
-    job set ``started``), only while its tenant is not paused: True if it was. A job dead at first
-    sight is counted by its workflow at once (what follows it in a chain is cancelled)."""
+    job set ``started``), started only while its tenant is not paused: True if it was.
+    A job dead at first sight is counted by its workflow at once (what follows it in a
+    chain is cancelled)."""
     started = False
     try:
         with transaction.atomic():
@@ -401,7 +394,7 @@ def _save_first_sight(job: Job, canvas: Canvas, *, start: bool = False) -> bool:
                 workflow_submit(tenant=job.tenant, steps=canvas.chain, kind=Workflow.Kind.CHAIN,
                                 quotas=False)
             elif start and job.tenant_id is not None:
-                started = insert_where(job, fairness.tenant_not_paused_sql(), [job.tenant_id])
+                started = insert_unless(job, fairness.paused_tenant(job.tenant_id))
                 if not started:  # paused: recorded unpublished, published on resume
                     job.status, job.started_at, job.attempts, job.worker = (
                         Job.Status.QUEUED, None, 0, "")

@@ -180,19 +180,18 @@ def unpublished_keys() -> list[tuple[str, str, object]]:
     return list(rows)
 
 
+def paused_tenant(tenant) -> QuerySet:
+    """The tenant ``tenant`` (an id or an ``OuterRef``) if it is paused: what
+    ``tenant_not_paused`` and a first sight's conditional insert (``jobs.admission``)
+    both ask of the tenant's row, inside their one statement."""
+    return Tenant.objects.filter(id=tenant, paused_at__isnull=False)
+
+
 def tenant_not_paused() -> Q:
     """Jobs whose tenant is not paused (or that have none), as a filter: a correlated
     ``NOT EXISTS`` probing the tenant's primary key inside the same statement, so a
     job's start stays one UPDATE (``jobs.task``) and a release one SELECT."""
-    return ~Exists(Tenant.objects.filter(id=OuterRef("tenant_id"), paused_at__isnull=False))
-
-
-def tenant_not_paused_sql() -> str:
-    """``tenant_not_paused`` for one tenant, as SQL taking its id as the one parameter
-    (a job inserted only while its tenant is not paused: ``jobs.admission``)."""
-    quote = connection.ops.quote_name
-    return (f"NOT EXISTS (SELECT 1 FROM {quote(Tenant._meta.db_table)} WHERE "
-            f"{quote('id')} = %s AND {quote('paused_at')} IS NOT NULL)")
+    return ~Exists(paused_tenant(OuterRef("tenant_id")))
 
 
 def must_hold(*, lane: str, tier: str, tenant) -> bool:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
+from django.db.models import F
+from django.db.models.functions import Now
 
 
 class JobStatus(models.TextChoices):
@@ -40,6 +42,13 @@ NOT_STARTED = (*WAITING, JobStatus.BLOCKED)
 #: Will never run again.
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED,
             JobStatus.DEAD)
+
+
+def start_values(worker: str) -> dict:
+    """What a delivery that starts its job writes (``update(**start_values(...))``)."""
+    # The database's clock, not this host's: the reaper compares started_at with it.
+    return {"status": JobStatus.STARTED, "started_at": Now(), "attempts": F("attempts") + 1,
+            "worker": worker}
 
 
 def states_sql(states) -> str:

@@ -38,7 +38,7 @@ from jobs.admission import AlreadyRecorded, Refused, job_admit_native, jsonable,
 from jobs.calls import platform_call
 from jobs.dispatch import job_refill_window
 from jobs.errors import PermanentFailure
-from jobs.models import Job
+from jobs.models import Job, start_values
 from jobs.outcomes import (
     LOST_DELIVERY_ALLOWANCE,
     job_record_dead,
@@ -239,13 +239,7 @@ def job_begin(*, task, task_id: str, args, kwargs) -> dict | None:
 def _begin(task, task_id: str, args, kwargs, sender: Sender) -> dict | None:
     request = task.request
     redelivered = bool((request.delivery_info or {}).get("redelivered"))
-    values = {
-        "status": Job.Status.STARTED,
-        # The database's clock, not this host's: the reaper compares started_at with it.
-        "started_at": Now(),
-        "attempts": F("attempts") + 1,
-        "worker": request.hostname or "",
-    }
+    values = start_values(request.hostname or "")
     try:
         params = native_params(task, args, kwargs) if args else dict(kwargs or {})
     except Refused as exc:

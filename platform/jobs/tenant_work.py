@@ -50,6 +50,15 @@ _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def cancel_scope(*, lane: str | None, task: str | None, older_than: str | None) -> str:
+    """What a cancel's filters select, as an operator reads it (`` (lane slow, task
+    media.thumbnail, submitted more than 2h ago)``), or "" for everything."""
+    parts = [part for part in (f"lane {lane}" if lane else "", f"task {task}" if task else "",
+                               f"submitted more than {older_than} ago" if older_than else "")
+             if part]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def parse_age(text: str) -> dt.timedelta:
     """``90``, ``90s``, ``30m``, ``2h``, ``1d`` as a duration; ``ValueError`` saying what
     is wrong otherwise (an operator's ``--older-than``, the admin's field)."""
@@ -72,6 +81,7 @@ class PauseOutcome:
     was_paused: bool  # it already was (the pause kept its first time)
     taken_back: int  # jobs whose message was in the broker, now unpublished
     held: int  # waiting jobs it now holds in the table (taken back ones included)
+    running: int = 0  # its started jobs, which finish
 
 
 @dataclass(frozen=True)
@@ -85,8 +95,15 @@ def _waiting(tenant: Tenant) -> QuerySet:
     return Job.objects.filter(tenant=tenant, status__in=Job.WAITING)
 
 
-def tenant_work_pause(*, tenant: Tenant, reason: str = "") -> PauseOutcome:
-    """Pause ``tenant``'s waiting work (see the module's docstring); idempotent."""
+def tenant_work_pause(*, tenant: Tenant, reason: str = "",
+                      dry_run: bool = False) -> PauseOutcome:
+    """Pause ``tenant``'s waiting work (see the module's docstring); idempotent.
+    ``dry_run`` only counts what it would hold and take back."""
+    running = Job.objects.filter(tenant=tenant, status=Job.Status.STARTED).count()
+    if dry_run:
+        return PauseOutcome(tenant=tenant, was_paused=tenant.paused_at is not None,
+                            taken_back=_waiting(tenant).filter(published_at__isnull=False)
+                            .count(), held=_waiting(tenant).count(), running=running)
     with transaction.atomic():
         locked = Tenant.objects.select_for_update().get(id=tenant.id)
         was_paused = locked.paused_at is not None
@@ -101,11 +118,16 @@ def tenant_work_pause(*, tenant: Tenant, reason: str = "") -> PauseOutcome:
     logger.warning("tenant %s paused: %d job(s) taken back from the broker, %d held",
                    locked.name, taken_back, held)
     return PauseOutcome(tenant=locked, was_paused=was_paused, taken_back=taken_back,
-                        held=held)
+                        held=held, running=running)
 
 
-def tenant_work_resume(*, tenant: Tenant) -> ResumeOutcome:
-    """Resume ``tenant``'s work: the dispatcher publishes what it held; idempotent."""
+def tenant_work_resume(*, tenant: Tenant, dry_run: bool = False) -> ResumeOutcome:
+    """Resume ``tenant``'s work: the dispatcher publishes what it held; idempotent.
+    ``dry_run`` only counts what it would publish."""
+    if dry_run:
+        return ResumeOutcome(tenant=tenant, was_paused=tenant.paused_at is not None,
+                             to_publish=_waiting(tenant).filter(published_at__isnull=True)
+                             .count())
     with transaction.atomic():
         locked = Tenant.objects.select_for_update().get(id=tenant.id)
         was_paused = locked.paused_at is not None

@@ -1,5 +1,5 @@
 """One round trip where Django's ORM takes two: ``UPDATE ... RETURNING`` and an
-``INSERT`` that happens only while a condition holds.
+``INSERT`` that happens only while a query finds nothing.
 
 Django's ``QuerySet.update()`` answers how many rows changed; code that then needs the
 rows (a job's workflow once its outcome is written, a counter's new value) pays a second
@@ -42,11 +42,11 @@ def update_returning(queryset: QuerySet, fields: Sequence[str] | None = None,
             f"{statement} RETURNING {columns}", params))
 
 
-def insert_where(obj: Model, condition: str, params: list[Any]) -> bool:
-    """Insert ``obj`` (as ``obj.save(force_insert=True)`` would) only if the SQL
-    ``condition`` holds when the statement runs: ``INSERT ... SELECT ... WHERE``, one
-    statement, so nothing can change between the check and the insert. False if it did not
-    hold (nothing inserted); an ``IntegrityError`` as ``save()`` would raise it."""
+def insert_unless(obj: Model, exists: QuerySet) -> bool:
+    """Insert ``obj`` (as ``obj.save(force_insert=True)`` would) unless ``exists`` has a
+    row when the statement runs: ``INSERT ... SELECT ... WHERE NOT EXISTS (...)``, one
+    statement, so nothing can change between the check and the insert. False if it had
+    (nothing inserted); an ``IntegrityError`` as ``save()`` would raise it."""
     model = type(obj)
     connection = connections[obj._state.db or "default"]
     fields = model._meta.concrete_fields
@@ -58,8 +58,9 @@ def insert_where(obj: Model, condition: str, params: list[Any]) -> bool:
     else:  # SQLite: values keep their own types
         slots = ["%s"] * len(fields)
     columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    condition, params = exists.query.sql_with_params()
     statement = (f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} ({columns}) "
-                 f"SELECT {', '.join(slots)} WHERE {condition}")
+                 f"SELECT {', '.join(slots)} WHERE NOT EXISTS ({condition})")
     with transaction.mark_for_rollback_on_error(using=connection.alias):
         with connection.cursor() as cursor:
             cursor.execute(statement, [*values, *params])

@@ -64,8 +64,7 @@ class TenantAdmin(admin.ModelAdmin):
                 "resumed; what is in the broker is taken back and kept; running jobs "
                 "finish; new submissions are accepted and held.",
                 count_label="waiting jobs to hold", confirm_label="Yes, pause",
-                count=lambda t: sum(row.in_broker + row.unpublished for row in
-                                    tenant_work.tenant_work_summary(tenant=t)),
+                count=lambda t: tenant_work.tenant_work_pause(tenant=t, dry_run=True).held,
                 with_reason=True)
         for tenant in queryset:
             out = tenant_work.tenant_work_pause(tenant=tenant,
@@ -82,8 +81,8 @@ class TenantAdmin(admin.ModelAdmin):
                 explanation="The dispatcher publishes their held work again, under the "
                 "usual fair-share rules.", count_label="held jobs to publish",
                 confirm_label="Yes, resume",
-                count=lambda t: sum(row.unpublished for row in
-                                    tenant_work.tenant_work_summary(tenant=t)))
+                count=lambda t: tenant_work.tenant_work_resume(tenant=t, dry_run=True)
+                .to_publish)
         for tenant in queryset:
             out = tenant_work.tenant_work_resume(tenant=tenant)
             self.message_user(request, f"resumed {tenant.name}: {out.to_publish} held "
@@ -118,12 +117,9 @@ class TenantAdmin(admin.ModelAdmin):
                 with_filters=True, lanes=sorted(topology.LANES_BY_NAME), can_confirm=not problem,
                 problem=problem,
                 chosen={"lane": lane or "", "task": task or "", "older_than": older_than})
-        scope = ", ".join(part for part in (
-            f"lane {lane}" if lane else "", f"task {task}" if task else "",
-            f"submitted more than {older_than} ago" if older_than else "") if part)
+        where = tenant_work.cancel_scope(lane=lane, task=task, older_than=older_than)
         for tenant in queryset:
             count = tenant_work.tenant_work_cancel(tenant=tenant, **filters)
-            where = f" ({scope})" if scope else ""
             self.message_user(request, f"cancelled {count.jobs} job(s) of {tenant.name}"
                               f"{where}: {count.steps} workflow step(s); "
                               f"{count.cascaded} more cancelled by their workflows")

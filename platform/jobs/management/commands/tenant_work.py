@@ -82,14 +82,12 @@ class Command(BaseCommand):
 
     def _pause(self, tenant, *, reason: str, dry_run: bool, **_):
         if dry_run:
-            rows = tenant_work.tenant_work_summary(tenant=tenant)
-            already = " (it already is paused)" if tenant.paused_at else ""
+            out = tenant_work.tenant_work_pause(tenant=tenant, dry_run=True)
+            already = " (it already is paused)" if out.was_paused else ""
             self.stdout.write(
-                f"would pause {tenant.name}{already}: "
-                f"{sum(r.in_broker + r.unpublished for r in rows)} waiting job(s) held, "
-                f"{sum(r.in_broker for r in rows)} of them taken back from the broker; "
-                f"{sum(r.started for r in rows)} running job(s) finish; dry run, nothing "
-                "changed")
+                f"would pause {tenant.name}{already}: {out.held} waiting job(s) held, "
+                f"{out.taken_back} of them taken back from the broker; {out.running} running "
+                "job(s) finish; dry run, nothing changed")
             return
         out = tenant_work.tenant_work_pause(tenant=tenant, reason=reason)
         already = " (it already was)" if out.was_paused else ""
@@ -101,11 +99,11 @@ class Command(BaseCommand):
 
     def _resume(self, tenant, *, dry_run: bool, **_):
         if dry_run:
-            held = sum(r.unpublished for r in tenant_work.tenant_work_summary(tenant=tenant))
-            state = "paused" if tenant.paused_at else "not paused"
+            out = tenant_work.tenant_work_resume(tenant=tenant, dry_run=True)
+            state = "paused" if out.was_paused else "not paused"
             self.stdout.write(f"would resume {tenant.name} ({state}): the dispatcher would "
-                              f"publish its {held} unpublished job(s); dry run, nothing "
-                              "changed")
+                              f"publish its {out.to_publish} unpublished job(s); dry run, "
+                              "nothing changed")
             return
         out = tenant_work.tenant_work_resume(tenant=tenant)
         if not out.was_paused:
@@ -120,10 +118,7 @@ class Command(BaseCommand):
         age = parse_age(older_than) if older_than else None
         count = tenant_work.tenant_work_cancel(tenant=tenant, lane=lane, task=task,
                                                older_than=age, dry_run=dry_run)
-        scope = ", ".join(part for part in (
-            f"lane {lane}" if lane else "", f"task {task}" if task else "",
-            f"submitted more than {older_than} ago" if older_than else "") if part)
-        scope = f" ({scope})" if scope else ""
+        scope = tenant_work.cancel_scope(lane=lane, task=task, older_than=older_than)
         steps = (f"; {count.steps} of them step(s) of {count.workflows} workflow(s), "
                  "counted by their workflows" if count.steps else "")
         if dry_run:
